@@ -1,0 +1,11 @@
+// Package faulty wraps a backend and injects the failures that tests of
+// the layers above need: errors instead of a call or after it (a Put that
+// stored its object but whose acknowledgement was lost), latency, corrupt
+// or truncated data, and a backend that dies after a number of Puts.
+//
+// Faults are scripted per method with AddFault and fire in the order they
+// were added, each once unless repeated; VerifyAllFaultsFired tells a test
+// that a scripted fault was never reached. Without faults the wrapper is
+// transparent: it passes the backendtest conformance suite. It is safe for
+// concurrent use.
+package faulty

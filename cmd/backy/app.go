@@ -1,0 +1,106 @@
+package main
+
+import (
+	"crypto/rand"
+	"fmt"
+	"runtime/debug"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func backyVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "0.1.0-dev"
+}
+
+var randRead = rand.Read
+
+const exitCodesHelp = `EXIT CODES:
+   0    success
+   1    unexpected internal error
+   64   bad command line (unknown flag, missing argument, unusable --from/--resume version, protected version)
+   65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read)
+   66   not found (source, version, store, configuration file)
+   70   integrity failure (corrupt or missing stored block, incomplete or invalid version)
+   71   no space left on device
+   73   cannot create (restore target exists or is too small, store already exists)
+   74   I/O error
+   75   locked (store or version in use by another backy process; retry later)
+   77   permission denied, or a wrong or missing key
+   78   configuration error
+   79   the store was written by a newer backy
+   130  interrupted`
+
+// jsonFlag is accepted globally and after every command.
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON on stdout (logs stay on stderr)"}
+
+func newApp(e *env) *cli.App {
+	app := &cli.App{
+		Name:      "backy",
+		Usage:     "deduplicating block store for disk and VM images",
+		Version:   backyVersion(),
+		Writer:    e.stdout,
+		ErrWriter: e.stderr,
+		// Errors are reported, and mapped to exit codes, in main only.
+		ExitErrHandler:         func(*cli.Context, error) {},
+		HideVersion:            true,
+		UseShortOptionHandling: true,
+		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (default: $BACKY_CONFIG, else the built-in default store)"},
+			jsonFlag,
+			&cli.StringFlag{Name: "log-level", Usage: "stderr log level: debug, info, warn, error (default warn; log_file gets log_level)"},
+		},
+		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
+			return usageErr("%v", err)
+		},
+		Commands: []*cli.Command{
+			cmdInit(e), cmdBackup(e), cmdRestore(e), cmdLs(e), cmdRm(e),
+			cmdProtect(e, true), cmdProtect(e, false), cmdStats(e), cmdVersion(e),
+		},
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(e.stderr, "backy: unknown command %q; see 'backy help'\n", name)
+		},
+	}
+	for _, c := range app.Commands {
+		c.Flags = append(c.Flags, jsonFlag)
+		c.OnUsageError = app.OnUsageError
+		c.Before = chainBefore(e, c.Before)
+		c.After = func(*cli.Context) error { e.close(); return nil }
+	}
+	return app
+}
+
+// chainBefore runs the shared setup (config, logging) before a command.
+func chainBefore(e *env, next cli.BeforeFunc) cli.BeforeFunc {
+	return func(c *cli.Context) error {
+		if c.Command.Name == "version" { // needs no configuration
+			e.json = c.Bool("json")
+			return nil
+		}
+		if err := e.setup(c); err != nil {
+			return err
+		}
+		if next != nil {
+			return next(c)
+		}
+		return nil
+	}
+}
+
+// args checks the number of positional arguments.
+func args(c *cli.Context, min, max int, usage string) error {
+	n := c.NArg()
+	if n < min || (max >= 0 && n > max) {
+		return usageErr("'backy %s' takes %s", c.Command.Name, usage)
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions/backup"
+	"github.com/backy/backy/versions/hints"
+	"github.com/backy/backy/versions/source"
+)
+
+func cmdBackup(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "backup",
+		Usage:     "back up a disk image or block device as a new version of VOLUME",
+		ArgsUsage: "SOURCE VOLUME",
+		Description: "SOURCE is a file or block device path, or a file:// URL. Prints the new version's uid.\n\n" +
+			"With --hints FILE (the output of 'rbd diff --format=json') and --from VERSION, only hinted blocks\n" +
+			"are read; the rest come from VERSION. Without --from, regions no hint names are zero.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "snapshot", Usage: "snapshot `NAME` to record with the version"},
+			&cli.StringSliceFlag{Name: "label", Usage: "label `KEY=VALUE` (repeatable)"},
+			&cli.StringFlag{Name: "from", Usage: "base `VERSION` (valid, same volume) for a differential backup"},
+			&cli.StringFlag{Name: "hints", Usage: "`FILE` of changed extents (rbd diff --format=json); - for stdin"},
+			&cli.StringFlag{Name: "resume", Usage: "finish the incomplete `VERSION` instead of starting a new one"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := args(c, 2, 2, "SOURCE VOLUME"); err != nil {
+				return err
+			}
+			srcSpec, volume := c.Args().Get(0), c.Args().Get(1)
+			if strings.TrimSpace(volume) == "" {
+				return usageErr("the volume name is empty: name the disk, e.g. vm-101-disk-0")
+			}
+			labels, err := parseLabels(c.StringSlice("label"))
+			if err != nil {
+				return err
+			}
+			if c.IsSet("hints") && !c.IsSet("from") && c.IsSet("resume") {
+				return usageErr("--hints with --resume needs --from as in the interrupted run")
+			}
+			// Check everything the operator gave before anything is written.
+			src, err := source.Open(srcSpec)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			var extents []hints.Extent
+			if c.IsSet("hints") {
+				if extents, err = readHints(c.String("hints"), src.Size()); err != nil {
+					return err
+				}
+			}
+			s, err := e.openStore(c.Context)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			opts := backup.Options{
+				Volume: volume, Snapshot: c.String("snapshot"), Labels: labels, Hints: extents,
+				Resume: c.String("resume"), Workers: e.cfg.Defaults.Workers, Logger: e.log,
+			}
+			if extents == nil && c.IsSet("hints") {
+				opts.Hints = []hints.Extent{}
+			}
+			if from := c.String("from"); from != "" {
+				if opts.Base, err = s.db.Version(from); err != nil {
+					return fmt.Errorf("--from: %w", err)
+				}
+			}
+			prog := ui.NewProgress(os.Stderr, "backup")
+			opts.Progress = func(p backup.Progress) { prog.Update(p.Done, p.Total) }
+			v, err := backup.Run(c.Context, s.st, s.db, src, opts)
+			prog.Done()
+			if err != nil {
+				if v != nil && v.UID != "" && !errors.Is(err, backup.ErrBadResume) {
+					return fmt.Errorf("%w (version %s is left incomplete)", err, v.UID)
+				}
+				return err
+			}
+			if e.json {
+				return ui.JSON(e.stdout, v)
+			}
+			_, err = fmt.Fprintln(e.stdout, v.UID)
+			return err
+		},
+	}
+}
+
+func parseLabels(in []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, l := range in {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" || strings.ContainsAny(k, " \t\n") {
+			return nil, usageErr("--label %q: use KEY=VALUE with a non-empty key without spaces", l)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func readHints(path string, size int64) ([]hints.Extent, error) {
+	var f *os.File
+	if path == "-" {
+		f = os.Stdin
+	} else {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("%w: hints file %s does not exist", hints.ErrInvalid, path)
+			}
+			return nil, fmt.Errorf("hints file: %w", err)
+		}
+		defer f.Close()
+	}
+	ext, err := hints.Parse(f, size)
+	if err != nil {
+		return nil, fmt.Errorf("hints file %s: %w", path, err)
+	}
+	if ext == nil {
+		ext = []hints.Extent{}
+	}
+	return ext, nil
+}
+
+// versionArg fetches the version a command names, with a clear error.
+func versionArg(db *metastore.DB, uid string) (*metastore.Version, error) {
+	v, err := db.Version(uid)
+	if errors.Is(err, metastore.ErrVersionNotFound) {
+		return nil, fmt.Errorf("%w: %s (list versions with 'backy ls')", metastore.ErrVersionNotFound, uid)
+	}
+	return v, err
+}

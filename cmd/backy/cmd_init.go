@@ -1,0 +1,47 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/backy/backy/cmd/backy/internal/ui"
+)
+
+func cmdInit(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "init",
+		Usage:     "create a new, empty store where the configuration says",
+		ArgsUsage: " ",
+		Description: "Creates the metastore ([MetaBackend] path) and the data backend ([DataBackend] path).\n" +
+			"The block size (block_size, or --block-size) is fixed for the life of the store.",
+		Flags: []cli.Flag{
+			&cli.Int64Flag{Name: "block-size", Usage: "block size in bytes for the new store (default: block_size of the configuration)"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := args(c, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			bs := e.cfg.Defaults.BlockSize
+			if c.IsSet("block-size") {
+				bs = c.Int64("block-size")
+				if bs < 64<<10 || bs > 64<<20 || bs%4096 != 0 {
+					return usageErr("--block-size %d: use a multiple of 4096 between 65536 and 67108864", bs)
+				}
+			}
+			s, err := e.createStore(c.Context, bs)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			out := map[string]any{"metastore": e.cfg.Meta.Path, "data": s.be.Properties().Location, "block_size": bs}
+			if e.json {
+				return ui.JSON(e.stdout, out)
+			}
+			_, err = fmt.Fprintf(e.stdout, "created store: metastore %s, data %s, block size %s\n",
+				filepath.Clean(e.cfg.Meta.Path), s.be.Properties().Location, ui.Bytes(bs))
+			return err
+		},
+	}
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions/restore"
+	"github.com/backy/backy/versions/source"
+)
+
+func cmdRestore(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "restore a version to a new file, or (--force) over an existing file or block device",
+		ArgsUsage: "VERSION TARGET",
+		Description: "Every block is verified before it is written. A new file is written under a temporary\n" +
+			"name and appears as TARGET only when the restore is complete.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "sparse", Usage: "leave holes for empty blocks (punch them in an existing file) instead of writing zeros"},
+			&cli.BoolFlag{Name: "force", Usage: "overwrite an existing TARGET; restore an incomplete or invalid version, zeroing and listing what cannot be restored"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := args(c, 2, 2, "VERSION TARGET"); err != nil {
+				return err
+			}
+			uid, target := c.Args().Get(0), c.Args().Get(1)
+			s, err := e.openStore(c.Context)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			lk, err := s.db.LockVersion(uid, metastore.Shared)
+			if err != nil {
+				return err
+			}
+			defer lk.Unlock()
+			v, err := versionArg(s.db, uid)
+			if err != nil {
+				return err
+			}
+			force := c.Bool("force")
+			if v.Status != metastore.StatusValid && !force {
+				return fmt.Errorf("%w: version %s is %s; use --force to restore what it holds (unrestorable blocks become zeros and are listed)",
+					restore.ErrNotRestorable, uid, v.Status)
+			}
+			tgt, err := source.CreateTarget(target, v.Size, force)
+			if err != nil {
+				return err
+			}
+			prog := ui.NewProgress(os.Stderr, "restore")
+			res, err := restore.Run(c.Context, s.st, s.db, v, tgt, restore.Options{
+				Sparse: c.Bool("sparse"), Force: force, Workers: e.cfg.Defaults.Workers, Logger: e.log,
+				Progress: func(p restore.Progress) { prog.Update(p.Done, p.Total) },
+			})
+			prog.Done()
+			if err != nil && !(force && errors.Is(err, restore.ErrBadBlocks)) {
+				tgt.Abort()
+				return err
+			}
+			if cerr := tgt.Commit(); cerr != nil {
+				return cerr
+			}
+			if e.json {
+				if jerr := ui.JSON(e.stdout, res); jerr != nil {
+					return jerr
+				}
+			} else if len(res.BadBlocks) > 0 {
+				rows := make([][]string, 0, len(res.BadBlocks))
+				for _, b := range res.BadBlocks {
+					rows = append(rows, []string{fmt.Sprint(b.Index), fmt.Sprint(b.Offset), fmt.Sprint(b.Length), b.Reason})
+				}
+				fmt.Fprintln(e.stdout, "blocks not restored (zeros in the target):")
+				_ = ui.Table(e.stdout, []string{"BLOCK", "OFFSET", "LENGTH", "REASON"}, rows)
+			}
+			return err
+		},
+	}
+}

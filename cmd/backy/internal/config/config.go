@@ -1,0 +1,195 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+)
+
+// ErrInvalid is wrapped by every error that reports a problem in the content
+// of a configuration file.
+var ErrInvalid = errors.New("invalid configuration")
+
+// ErrNotFound is wrapped by the error [Load] (and so [Resolve]) returns when
+// the named configuration file does not exist.
+var ErrNotFound = errors.New("configuration file not found")
+
+// Config is a parsed and validated configuration.
+type Config struct {
+	// File is the absolute path of the file read, "" for the built-in
+	// default.
+	File     string
+	Defaults Defaults
+	Meta     Meta
+	Data     Data
+}
+
+// Defaults holds the keys of the [DEFAULTS] section.
+type Defaults struct {
+	// BlockSize is the block size in bytes used when a store is created
+	// (the store records it; existing stores keep theirs). It is a multiple
+	// of 4096 between 64 KiB and 64 MiB. Default 4 MiB.
+	BlockSize int64
+	// LogFile is the absolute path of the log file, "" for none. Logs
+	// always go to stderr as well.
+	LogFile string
+	// LogLevel is one of "debug", "info", "warn", "error". Default "info".
+	LogLevel string
+	// DisallowRmWhenYoungerThanDays refuses removing versions younger than
+	// this many days; 0 (the default) disables the check. It is >= 0 but
+	// has no upper bound: callers converting it to a time.Duration must
+	// guard against overflow (above about 106751 days).
+	DisallowRmWhenYoungerThanDays int
+	// Workers is the number of parallel hashing/transform workers; 0 (the
+	// default) means one per CPU.
+	Workers int
+}
+
+// Meta holds the keys of the [MetaBackend] section.
+type Meta struct {
+	// Type is the metadata backend type; only "bbolt" exists.
+	Type string
+	// Path is the absolute path of the bbolt database file.
+	Path string
+}
+
+// Data holds the keys of the [DataBackend] section.
+type Data struct {
+	// Type is the data backend type; only "file" exists.
+	Type string
+	// Path is the absolute path of the directory of the file backend.
+	Path string
+	// SimultaneousWrites and SimultaneousReads bound the concurrent
+	// backend writes and reads; both >= 1, default 4.
+	SimultaneousWrites, SimultaneousReads int
+}
+
+// Built-in defaults.
+const (
+	defaultBlockSize          = 4 << 20
+	minBlockSize              = 64 << 10
+	maxBlockSize              = 64 << 20
+	blockSizeAlign            = 4096
+	defaultLogLevel           = "info"
+	defaultMetaType           = "bbolt"
+	defaultDataType           = "file"
+	defaultSimultaneousWrites = 4
+	defaultSimultaneousReads  = 4
+
+	// maxFileSize bounds what Load reads, so that "-c /dev/zero" fails
+	// instead of eating memory.
+	maxFileSize = 1 << 20
+)
+
+// defaults returns a Config with every key at its default and no paths.
+func defaults() *Config {
+	return &Config{
+		Defaults: Defaults{
+			BlockSize: defaultBlockSize,
+			LogLevel:  defaultLogLevel,
+		},
+		Meta: Meta{Type: defaultMetaType},
+		Data: Data{
+			Type:               defaultDataType,
+			SimultaneousWrites: defaultSimultaneousWrites,
+			SimultaneousReads:  defaultSimultaneousReads,
+		},
+	}
+}
+
+// Default returns the built-in default configuration for a store rooted at
+// dir: the metadata database is dir/backy.db, the data directory dir/data,
+// every other key has its default and File is "". The paths are relative
+// if dir is.
+func Default(dir string) *Config {
+	c := defaults()
+	c.Meta.Path = filepath.Join(dir, "backy.db")
+	c.Data.Path = filepath.Join(dir, "data")
+	return c
+}
+
+// Load reads and parses the configuration file at path. If the file does
+// not exist the error wraps [ErrNotFound] (and [fs.ErrNotExist]); other read
+// errors are returned wrapped as they are; problems in the content wrap
+// [ErrInvalid]. Files larger than 1 MiB are rejected.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.Is(err, fs.ErrNotExist) && errors.As(err, &pe) {
+			return nil, fmt.Errorf("%w: %s: %w", ErrNotFound, path, pe.Err)
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if len(data) > maxFileSize {
+		return nil, &parseError{name: path, msg: fmt.Sprintf("file is larger than %d bytes (expected a small INI file)", maxFileSize)}
+	}
+	return Parse(path, data)
+}
+
+// DefaultHome returns the directory of the default store: $BACKY_HOME if
+// set and non-empty, else $XDG_DATA_HOME/backy if XDG_DATA_HOME is set and
+// absolute, else ~/.local/share/backy. The home directory is taken from
+// getenv as [os.UserHomeDir] would ($HOME; %USERPROFILE% on Windows, $home
+// on Plan 9). The result is absolute and cleaned (a relative $BACKY_HOME is
+// made absolute against the working directory).
+func DefaultHome(getenv func(string) string) (string, error) {
+	if h := getenv("BACKY_HOME"); h != "" {
+		abs, err := filepath.Abs(h)
+		if err != nil {
+			return "", fmt.Errorf("config: $BACKY_HOME %q: %w", h, err)
+		}
+		return abs, nil
+	}
+	if x := getenv("XDG_DATA_HOME"); x != "" && filepath.IsAbs(x) {
+		return filepath.Join(x, "backy"), nil
+	}
+	env := "HOME"
+	switch runtime.GOOS {
+	case "windows":
+		env = "USERPROFILE"
+	case "plan9":
+		env = "home"
+	}
+	home := getenv(env)
+	if home == "" {
+		return "", fmt.Errorf("config: cannot find the default store: $BACKY_HOME and $%s are not set (set BACKY_HOME or use -c)", env)
+	}
+	abs, err := filepath.Abs(filepath.Join(home, ".local", "share", "backy"))
+	if err != nil {
+		return "", fmt.Errorf("config: $%s %q: %w", env, home, err)
+	}
+	return abs, nil
+}
+
+// Resolve picks the configuration to use: the file flagPath (from -c) if
+// non-empty, else the file named by getenv("BACKY_CONFIG") if non-empty
+// (both read with [Load]), else [Default] of [DefaultHome](getenv). The
+// boolean reports whether the result is the built-in default.
+func Resolve(flagPath string, getenv func(string) string) (*Config, bool, error) {
+	path := flagPath
+	if path == "" {
+		path = getenv("BACKY_CONFIG")
+	}
+	if path != "" {
+		c, err := Load(path)
+		if err != nil {
+			return nil, false, err
+		}
+		return c, false, nil
+	}
+	home, err := DefaultHome(getenv)
+	if err != nil {
+		return nil, false, err
+	}
+	return Default(home), true, nil
+}

@@ -1,0 +1,424 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Section names, as they must be written.
+const (
+	sectionDefaults = "DEFAULTS"
+	sectionMeta     = "MetaBackend"
+	sectionData     = "DataBackend"
+)
+
+// sectionOrder lists the sections in the order used in messages.
+var sectionOrder = []string{sectionDefaults, sectionMeta, sectionData}
+
+// keyDef describes one key: its lower-case name, whether it must be
+// present, what it means (used in "missing" messages) and how to store a
+// value. set returns "" on success or the problem, phrased to follow
+// "[Section] key: ".
+type keyDef struct {
+	name     string
+	required bool
+	what     string
+	set      func(p *parser, value string) string
+}
+
+// keys holds the known keys of each section, in documentation order.
+var keys = map[string][]keyDef{
+	sectionDefaults: {
+		{name: "block_size", set: func(p *parser, v string) string {
+			n, msg := parseBlockSize(v)
+			p.cfg.Defaults.BlockSize = n
+			return msg
+		}},
+		{name: "log_file", set: func(p *parser, v string) string {
+			if v == "" {
+				p.cfg.Defaults.LogFile = ""
+				return ""
+			}
+			path, msg := p.path(v)
+			p.cfg.Defaults.LogFile = path
+			return msg
+		}},
+		{name: "log_level", set: func(p *parser, v string) string {
+			s, msg := oneOf(v, "log level", "debug", "info", "warn", "error")
+			p.cfg.Defaults.LogLevel = s
+			return msg
+		}},
+		{name: "disallow_rm_when_younger_than_days", set: func(p *parser, v string) string {
+			n, msg := parseInt(v, 0)
+			p.cfg.Defaults.DisallowRmWhenYoungerThanDays = n
+			return msg
+		}},
+		{name: "workers", set: func(p *parser, v string) string {
+			n, msg := parseInt(v, 0)
+			p.cfg.Defaults.Workers = n
+			return msg
+		}},
+	},
+	sectionMeta: {
+		{name: "type", set: func(p *parser, v string) string {
+			s, msg := oneOf(v, "metadata backend type", "bbolt")
+			p.cfg.Meta.Type = s
+			return msg
+		}},
+		{name: "path", required: true, what: "the path of the bbolt database file", set: func(p *parser, v string) string {
+			if v == "" {
+				return "empty value (expected the path of the bbolt database file)"
+			}
+			path, msg := p.path(v)
+			p.cfg.Meta.Path = path
+			return msg
+		}},
+	},
+	sectionData: {
+		{name: "type", set: func(p *parser, v string) string {
+			s, msg := oneOf(v, "data backend type", "file")
+			p.cfg.Data.Type = s
+			return msg
+		}},
+		{name: "path", required: true, what: "the directory of the data backend", set: func(p *parser, v string) string {
+			if v == "" {
+				return "empty value (expected the directory of the data backend)"
+			}
+			path, msg := p.path(v)
+			p.cfg.Data.Path = path
+			return msg
+		}},
+		{name: "simultaneous_writes", set: func(p *parser, v string) string {
+			n, msg := parseInt(v, 1)
+			p.cfg.Data.SimultaneousWrites = n
+			return msg
+		}},
+		{name: "simultaneous_reads", set: func(p *parser, v string) string {
+			n, msg := parseInt(v, 1)
+			p.cfg.Data.SimultaneousReads = n
+			return msg
+		}},
+	},
+}
+
+// userHomeDir is os.UserHomeDir; a variable so tests can replace it.
+var userHomeDir = os.UserHomeDir
+
+// parseError is the error type of Parse. Its message is one line:
+// "name:line: [section] key: msg", leaving out what is unknown.
+type parseError struct {
+	name    string
+	line    int // 0 if the problem has no line
+	section string
+	key     string
+	msg     string
+}
+
+func (e *parseError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.name)
+	if e.line > 0 {
+		b.WriteString(":")
+		b.WriteString(strconv.Itoa(e.line))
+	}
+	b.WriteString(": ")
+	if e.section != "" {
+		b.WriteString("[" + e.section + "] ")
+	}
+	if e.key != "" {
+		b.WriteString(e.key + ": ")
+	}
+	b.WriteString(e.msg)
+	return b.String()
+}
+
+func (e *parseError) Unwrap() error { return ErrInvalid }
+
+type parser struct {
+	name        string // for messages
+	base        string // directory relative paths are resolved against
+	cfg         *Config
+	sectionLine map[string]int            // section -> line of its header
+	keyLine     map[string]map[string]int // section -> key -> line
+}
+
+// Parse parses data, the content of a configuration file named name. The
+// name is used in messages and to resolve relative paths (against its
+// directory); the file need not exist. Config.File is the absolute form of
+// name (if name is "", messages say "<input>", relative paths are resolved
+// against the working directory and File is "").
+//
+// Missing keys take their defaults, except that [MetaBackend] path and
+// [DataBackend] path are required. Every error wraps [ErrInvalid] and has a
+// one-line message naming the file, line, section and key.
+func Parse(name string, data []byte) (*Config, error) {
+	p := &parser{
+		name:        name,
+		cfg:         defaults(),
+		sectionLine: map[string]int{},
+		keyLine:     map[string]map[string]int{},
+	}
+	if name == "" {
+		p.name = "<input>"
+		wd, err := os.Getwd()
+		if err != nil {
+			return nil, &parseError{name: p.name, msg: fmt.Sprintf("cannot resolve relative paths: %v", err)}
+		}
+		p.base = wd
+	} else {
+		abs, err := filepath.Abs(name)
+		if err != nil {
+			return nil, &parseError{name: p.name, msg: fmt.Sprintf("cannot make the file name absolute: %v", err)}
+		}
+		p.cfg.File = abs
+		p.base = filepath.Dir(abs)
+	}
+	if err := p.parse(string(data)); err != nil {
+		return nil, err
+	}
+	return p.cfg, nil
+}
+
+func (p *parser) errf(line int, section, key, format string, args ...any) error {
+	return &parseError{name: p.name, line: line, section: section, key: key, msg: fmt.Sprintf(format, args...)}
+}
+
+func (p *parser) parse(text string) error {
+	text = strings.TrimPrefix(text, "\uFEFF") // UTF-8 byte order mark
+	section := ""
+	for i, raw := range strings.Split(text, "\n") {
+		line := i + 1
+		s := strings.TrimSpace(raw)
+		switch {
+		case s == "" || s[0] == '#' || s[0] == ';':
+			continue
+		case s[0] == '[':
+			name, err := p.header(line, s)
+			if err != nil {
+				return err
+			}
+			section = name
+			continue
+		}
+		k, v, ok := splitKeyValue(s)
+		if !ok {
+			return p.errf(line, "", "", "%s is neither a [section] header, a key = value setting nor a comment", quote(s))
+		}
+		if k == "" {
+			return p.errf(line, section, "", "%s has no key before the %s (expected key = value)", quote(s), quote(s[:1]))
+		}
+		if !validKey(k) {
+			return p.errf(line, section, "", "invalid key %s (expected a key made of letters, digits and underscores)", quote(k))
+		}
+		key := strings.ToLower(k)
+		if section == "" {
+			return p.errf(line, "", key, "setting outside of any section (expected a %s header before it)", sectionList())
+		}
+		if err := p.setKey(line, section, key, v); err != nil {
+			return err
+		}
+	}
+	for _, sec := range sectionOrder {
+		for _, kd := range keys[sec] {
+			if !kd.required {
+				continue
+			}
+			if _, ok := p.keyLine[sec][kd.name]; ok {
+				continue
+			}
+			if hl, ok := p.sectionLine[sec]; ok {
+				return p.errf(hl, sec, kd.name, "required key is missing (add %s = <%s> to the section)", kd.name, kd.what)
+			}
+			return p.errf(0, sec, kd.name, "required key is missing: the file has no [%s] section (add one with %s = <%s>)", sec, kd.name, kd.what)
+		}
+	}
+	return nil
+}
+
+// sectionList returns "[DEFAULTS], [MetaBackend] or [DataBackend]".
+func sectionList() string {
+	n := len(sectionOrder)
+	return "[" + strings.Join(sectionOrder[:n-1], "], [") + "] or [" + sectionOrder[n-1] + "]"
+}
+
+// header handles a line starting with '[' and returns the section name.
+func (p *parser) header(line int, s string) (string, error) {
+	if !strings.HasSuffix(s, "]") || len(s) < 2 {
+		return "", p.errf(line, "", "", "malformed section header %s (expected [name] alone on the line; inline comments are not supported)", quote(s))
+	}
+	name := s[1 : len(s)-1]
+	if _, ok := keys[name]; !ok {
+		for _, known := range sectionOrder {
+			if strings.EqualFold(strings.TrimSpace(name), known) {
+				return "", p.errf(line, "", "", "unknown section %s (section names are case-sensitive and written without spaces: did you mean [%s]?)", quote("["+name+"]"), known)
+			}
+		}
+		return "", p.errf(line, "", "", "unknown section %s (expected %s)", quote("["+name+"]"), sectionList())
+	}
+	if first, dup := p.sectionLine[name]; dup {
+		return "", p.errf(line, "", "", "duplicate section [%s] (first on line %d; each section may appear once)", name, first)
+	}
+	p.sectionLine[name] = line
+	p.keyLine[name] = map[string]int{}
+	return name, nil
+}
+
+func (p *parser) setKey(line int, section, key, value string) error {
+	var kd *keyDef
+	for i := range keys[section] {
+		if keys[section][i].name == key {
+			kd = &keys[section][i]
+			break
+		}
+	}
+	if kd == nil {
+		names := make([]string, len(keys[section]))
+		for i, k := range keys[section] {
+			names[i] = k.name
+		}
+		return p.errf(line, section, key, "unknown key (expected one of %s)", strings.Join(names, ", "))
+	}
+	if first, dup := p.keyLine[section][key]; dup {
+		return p.errf(line, section, key, "duplicate key (first set on line %d; each key may be set once per section)", first)
+	}
+	p.keyLine[section][key] = line
+	if msg := kd.set(p, value); msg != "" {
+		if strings.ContainsAny(value, "#;") {
+			msg += "; note: inline comments are not supported"
+		}
+		return p.errf(line, section, key, "%s", msg)
+	}
+	return nil
+}
+
+// splitKeyValue splits s at its first '=' or ':'.
+func splitKeyValue(s string) (key, value string, ok bool) {
+	i := strings.IndexAny(s, "=:")
+	if i < 0 {
+		return "", "", false
+	}
+	return strings.TrimSpace(s[:i]), strings.TrimSpace(s[i+1:]), true
+}
+
+func validKey(k string) bool {
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return k != ""
+}
+
+// quote returns s in double quotes, escaped so that it stays on one line.
+func quote(s string) string { return strconv.Quote(s) }
+
+// parseSize parses a plain number of bytes or a number followed by
+// (optional blanks and) K, KiB, M, MiB, G or GiB, case-insensitive.
+func parseSize(v string) (int64, bool) {
+	i := 0
+	for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:i], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	var mult int64
+	switch strings.ToLower(strings.TrimLeft(v[i:], " \t")) {
+	case "":
+		mult = 1
+	case "k", "kib":
+		mult = 1 << 10
+	case "m", "mib":
+		mult = 1 << 20
+	case "g", "gib":
+		mult = 1 << 30
+	default:
+		return 0, false
+	}
+	if n > math.MaxInt64/mult {
+		return 0, false
+	}
+	return n * mult, true
+}
+
+func parseBlockSize(v string) (int64, string) {
+	n, ok := parseSize(v)
+	if !ok {
+		return 0, fmt.Sprintf("%s is not a number of bytes (expected e.g. 4194304 or 4MiB; suffixes K/KiB, M/MiB, G/GiB)", quote(v))
+	}
+	if n < minBlockSize || n > maxBlockSize {
+		return 0, fmt.Sprintf("%s (%d bytes) is out of range (expected 64KiB to 64MiB, e.g. 4MiB)", quote(v), n)
+	}
+	if n%blockSizeAlign != 0 {
+		return 0, fmt.Sprintf("%s (%d bytes) is not a multiple of %d (expected e.g. 4MiB)", quote(v), n, blockSizeAlign)
+	}
+	return n, ""
+}
+
+// parseInt parses a decimal integer >= min (no sign, no suffix).
+func parseInt(v string, min int) (int, string) {
+	digits := strings.TrimPrefix(v, "-")
+	ok := digits != ""
+	for i := 0; i < len(digits); i++ {
+		if digits[i] < '0' || digits[i] > '9' {
+			ok = false
+			break
+		}
+	}
+	if !ok {
+		return 0, fmt.Sprintf("%s is not an integer (expected an integer >= %d)", quote(v), min)
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Sprintf("%s is out of range (expected an integer >= %d that fits in %d bits)", quote(v), min, strconv.IntSize)
+	}
+	if n < min {
+		return 0, fmt.Sprintf("%s is too small (expected an integer >= %d)", quote(v), min)
+	}
+	return n, ""
+}
+
+// oneOf checks v is exactly one of allowed (case-sensitive).
+func oneOf(v, what string, allowed ...string) (string, string) {
+	for _, a := range allowed {
+		if v == a {
+			return v, ""
+		}
+	}
+	if len(allowed) == 1 {
+		return "", fmt.Sprintf("%s is not a supported %s (expected %s, the only one supported)", quote(v), what, allowed[0])
+	}
+	return "", fmt.Sprintf("%s is not a valid %s (expected one of %s)", quote(v), what, strings.Join(allowed, ", "))
+}
+
+// path expands a leading "~" and resolves v against the config file's
+// directory; the result is absolute and cleaned.
+func (p *parser) path(v string) (string, string) {
+	if strings.IndexByte(v, 0) >= 0 {
+		return "", fmt.Sprintf("%s contains a NUL byte (expected a path)", quote(v))
+	}
+	if strings.HasPrefix(v, "~") {
+		rest := v[1:]
+		if rest != "" && rest[0] != '/' && !(filepath.Separator != '/' && rest[0] == filepath.Separator) {
+			return "", fmt.Sprintf("%s: ~user paths are not supported (expected ~/..., an absolute path or a path relative to the config file)", quote(v))
+		}
+		home, err := userHomeDir()
+		if err != nil {
+			return "", fmt.Sprintf("cannot expand ~ in %s: %v (expected an absolute path instead)", quote(v), err)
+		}
+		v = filepath.Join(home, rest)
+	}
+	if !filepath.IsAbs(v) {
+		v = filepath.Join(p.base, v)
+	}
+	return filepath.Clean(v), ""
+}

@@ -1,0 +1,36 @@
+// Command backy is a deduplicating block store for disk and VM images:
+// it backs up images block by block into a store, and restores, lists,
+// removes and verifies the versions it keeps. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+// run executes one command and returns its exit code. Ctrl-C (SIGINT) or
+// SIGTERM cancels the context; every long operation stops cleanly on it.
+func run(args []string) int {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	env := &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	app := newApp(env)
+	err := app.RunContext(ctx, interspersed(app, args))
+	if err == nil {
+		return exitOK
+	}
+	if ctx.Err() != nil && !errors.Is(err, errExitCode) {
+		err = fmt.Errorf("%w: %w", errInterrupted, err)
+	}
+	code := exitCode(err)
+	env.reportError(err, code)
+	return code
+}

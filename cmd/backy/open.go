@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/blockstore/backend/file"
+	"github.com/backy/backy/cmd/backy/internal/config"
+	"github.com/backy/backy/metastore"
+)
+
+var (
+	errStoreMismatch = errors.New("metastore and data backend belong to different stores")
+	errNoSuchVolume  = errors.New("no such volume")
+)
+
+// env is what commands share: output streams, the environment, and the
+// global flags.
+type env struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	json           bool
+	log            *slog.Logger
+	logFile        *os.File
+	cfg            *config.Config
+	isDefault      bool
+}
+
+// store is an open store: metastore, backend and block store.
+type store struct {
+	db *metastore.DB
+	be backend.Backend
+	st *blockstore.Store
+}
+
+func (s *store) Close() {
+	if s.st != nil {
+		s.st.Close()
+	}
+	if s.be != nil {
+		_ = s.be.Close()
+	}
+	if s.db != nil {
+		_ = s.db.Close()
+	}
+}
+
+// setup reads the configuration and starts logging; every command runs it.
+func (e *env) setup(c *cli.Context) error {
+	e.json = c.Bool("json")
+	cfg, isDefault, err := config.Resolve(c.String("config"), e.getenv)
+	if err != nil {
+		return err
+	}
+	e.cfg, e.isDefault = cfg, isDefault
+	level := slog.LevelWarn
+	if l := c.String("log-level"); l != "" {
+		if err := level.UnmarshalText([]byte(l)); err != nil {
+			return usageErr("--log-level %q: use debug, info, warn or error", l)
+		}
+	}
+	handlers := []slog.Handler{slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level})}
+	if cfg.Defaults.LogFile != "" {
+		f, err := os.OpenFile(cfg.Defaults.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("%w: log_file %s: %w", config.ErrInvalid, cfg.Defaults.LogFile, err)
+		}
+		e.logFile = f
+		var fl slog.Level
+		_ = fl.UnmarshalText([]byte(cfg.Defaults.LogLevel))
+		handlers = append(handlers, slog.NewTextHandler(f, &slog.HandlerOptions{Level: fl}))
+	}
+	e.log = slog.New(multiHandler(handlers))
+	metastore.SetHolderName("backy " + c.Command.Name)
+	return nil
+}
+
+func (e *env) close() {
+	if e.logFile != nil {
+		_ = e.logFile.Close()
+	}
+}
+
+// openStore opens the configured store. The default store (no config) is
+// created on first use, with one line on stderr saying where.
+func (e *env) openStore(ctx context.Context) (*store, error) {
+	cfg := e.cfg
+	if _, err := os.Stat(cfg.Meta.Path); errors.Is(err, os.ErrNotExist) && e.isDefault {
+		s, err := e.createStore(ctx, cfg.Defaults.BlockSize)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(e.stderr, "backy: created a new store in %s (block size %d); set BACKY_HOME or use -c FILE for another\n",
+			filepath.Dir(cfg.Meta.Path), cfg.Defaults.BlockSize)
+		return s, nil
+	}
+	db, err := metastore.Open(cfg.Meta.Path, metastore.Options{})
+	if err != nil {
+		if errors.Is(err, metastore.ErrNoStore) {
+			return nil, fmt.Errorf("%w: run 'backy init' first (config: %s)", err, configName(cfg))
+		}
+		return nil, err
+	}
+	s := &store{db: db}
+	if err := e.openData(ctx, s); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func configName(cfg *config.Config) string {
+	if cfg.File == "" {
+		return "built-in default"
+	}
+	return cfg.File
+}
+
+// openData opens the data backend and checks that it belongs to the
+// metastore's store.
+func (e *env) openData(ctx context.Context, s *store) error {
+	be, err := newBackend(e.cfg, false)
+	if err != nil {
+		return err
+	}
+	s.be = be
+	id, err := blockstore.ReadIdentity(ctx, be)
+	if err != nil {
+		if errors.Is(err, blockstore.ErrNoIdentity) {
+			return fmt.Errorf("%w: %w; check [DataBackend] path in %s", errStoreMismatch, err, configName(e.cfg))
+		}
+		return err
+	}
+	sid := s.db.StoreID()
+	if id.StoreID != hex.EncodeToString(sid[:]) {
+		return fmt.Errorf("%w: the metastore %s is store %x, the data backend %s holds store %s; check %s",
+			errStoreMismatch, s.db.Path(), sid, be.Properties().Location, id.StoreID, configName(e.cfg))
+	}
+	st, err := blockstore.New(be, blockstore.Options{})
+	if err != nil {
+		return err
+	}
+	s.st = st
+	return nil
+}
+
+// newBackend builds the configured data backend. This is the one place
+// where backends (and, later, their wrappers) are assembled.
+func newBackend(cfg *config.Config, create bool) (backend.Backend, error) {
+	switch cfg.Data.Type {
+	case "file":
+		if !create {
+			if _, err := os.Stat(cfg.Data.Path); err != nil {
+				return nil, fmt.Errorf("%w: data directory %s: %w; check [DataBackend] path in %s", errStoreMismatch, cfg.Data.Path, err, configName(cfg))
+			}
+		}
+		return file.New(cfg.Data.Path)
+	}
+	return nil, fmt.Errorf("%w: [DataBackend] type %q is not supported (supported: file)", config.ErrInvalid, cfg.Data.Type)
+}
+
+// createStore creates metastore and data backend of a new store.
+func (e *env) createStore(ctx context.Context, blockSize int64) (*store, error) {
+	cfg := e.cfg
+	if _, err := os.Stat(cfg.Meta.Path); err == nil {
+		return nil, fmt.Errorf("%w: %s", metastore.ErrExists, cfg.Meta.Path)
+	}
+	be, err := newBackend(cfg, true)
+	if err != nil {
+		return nil, err
+	}
+	var sid [16]byte
+	if _, err := randRead(sid[:]); err != nil {
+		return nil, err
+	}
+	// The backend's identity first: a metastore never exists without it.
+	if err := blockstore.WriteIdentity(ctx, be, blockstore.NewIdentity(sid, blockSize, time.Now())); err != nil {
+		_ = be.Close()
+		return nil, err
+	}
+	db, err := metastore.Create(cfg.Meta.Path, blockSize, sid, metastore.Options{})
+	if err != nil {
+		_ = be.Close()
+		return nil, err
+	}
+	s := &store{db: db, be: be}
+	st, err := blockstore.New(be, blockstore.Options{})
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.st = st
+	e.log.Info("store created", "metastore", cfg.Meta.Path, "data", be.Properties().Location, "block_size", blockSize)
+	return s, nil
+}
+
+// multiHandler sends records to several handlers.
+type multiHandler []slog.Handler
+
+func (m multiHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	for _, h := range m {
+		if h.Enabled(ctx, l) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m multiHandler) Handle(ctx context.Context, r slog.Record) error {
+	var first error
+	for _, h := range m {
+		if h.Enabled(ctx, r.Level) {
+			if err := h.Handle(ctx, r.Clone()); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+func (m multiHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	out := make(multiHandler, len(m))
+	for i, h := range m {
+		out[i] = h.WithAttrs(a)
+	}
+	return out
+}
+
+func (m multiHandler) WithGroup(name string) slog.Handler {
+	out := make(multiHandler, len(m))
+	for i, h := range m {
+		out[i] = h.WithGroup(name)
+	}
+	return out
+}

@@ -1,0 +1,121 @@
+package metastore
+
+import (
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/metastore/blockmap"
+)
+
+// Check verifies the metastore's internal consistency: every map's pages
+// exist, every page and block reference count equals the references that
+// actually exist, every page entry has a block record, the gc bucket holds
+// exactly the unreferenced blocks, and the store counters add up. It
+// returns every problem found (nil when consistent). It holds a read
+// transaction for its whole run and memory proportional to the number of
+// distinct blocks, so it is meant for tests and scrubs, not hot paths.
+func (db *DB) Check() ([]error, error) {
+	var problems []error
+	report := func(format string, args ...any) {
+		problems = append(problems, fmt.Errorf("%w: "+format, append([]any{ErrCorrupt}, args...)...))
+	}
+	err := db.view(func(tx *bolt.Tx) error {
+		pageUse := map[blockmap.PageID]uint64{}
+		err := tx.Bucket(bktMaps).ForEach(func(k, v []byte) error {
+			if tx.Bucket(bktVersions).Get(k) == nil {
+				report("map %q has no version", k)
+			}
+			ids, err := decodePageList(string(k), v)
+			if err != nil {
+				report("%v", err)
+				return nil
+			}
+			for _, id := range ids {
+				pageUse[id]++
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		_ = tx.Bucket(bktVersions).ForEach(func(k, _ []byte) error {
+			if tx.Bucket(bktMaps).Get(k) == nil {
+				report("version %s has no map", k)
+			}
+			return nil
+		})
+		blockUse := map[block.ID]uint64{}
+		pages := tx.Bucket(bktPages)
+		refs := tx.Bucket(bktPageRefs)
+		_ = pages.ForEach(func(k, v []byte) error {
+			var id blockmap.PageID
+			copy(id[:], k)
+			if got := getU64(refs, k); got != pageUse[id] {
+				report("page %s counts %d references, maps hold %d", id, got, pageUse[id])
+			}
+			if blockmap.Sum(v) != id {
+				report("page %s does not match its id", id)
+			}
+			entries, err := blockmap.Decode(v)
+			if err != nil {
+				report("page %s: %v", id, err)
+				return nil
+			}
+			for _, e := range entries {
+				if !e.IsSparse() {
+					blockUse[e]++
+				}
+			}
+			return nil
+		})
+		for id := range pageUse {
+			if pages.Get(id[:]) == nil {
+				report("page %s listed by a map does not exist", id)
+			}
+		}
+		_ = refs.ForEach(func(k, _ []byte) error {
+			if pages.Get(k) == nil {
+				report("reference count for missing page %x", k)
+			}
+			return nil
+		})
+		var nBlocks, stored, plain uint64
+		gc := tx.Bucket(bktGC)
+		_ = tx.Bucket(bktBlocks).ForEach(func(k, v []byte) error {
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				report("%v", err)
+				return nil
+			}
+			nBlocks++
+			stored += uint64(r.StoredSize)
+			plain += uint64(r.Size)
+			if r.Refs != blockUse[r.ID] {
+				report("block %s counts %d references, pages hold %d", r.ID.Short(), r.Refs, blockUse[r.ID])
+			}
+			if (r.Refs == 0) != (gc.Get(k) != nil) {
+				report("block %s with %d references is wrongly (un)listed for gc", r.ID.Short(), r.Refs)
+			}
+			delete(blockUse, r.ID)
+			return nil
+		})
+		for id := range blockUse {
+			report("block %s is used by a page but has no record", id.Short())
+		}
+		_ = gc.ForEach(func(k, _ []byte) error {
+			if tx.Bucket(bktBlocks).Get(k) == nil {
+				report("gc lists block %x, which has no record", k)
+			}
+			return nil
+		})
+		m := tx.Bucket(bktMeta)
+		if getU64(m, keyBlocks) != nBlocks || getU64(m, keyStoredBytes) != stored || getU64(m, keyPlainBytes) != plain {
+			report("store counters (%d blocks, %d stored, %d plain) differ from the records (%d, %d, %d)",
+				getU64(m, keyBlocks), getU64(m, keyStoredBytes), getU64(m, keyPlainBytes), nBlocks, stored, plain)
+		}
+		return nil
+	})
+	return problems, err
+}

@@ -1,0 +1,336 @@
+package metastore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// CurrentSchema is the schema version this code reads and writes. Each
+// change of the bucket layout or of an encoding bumps it and adds a step in
+// package migrate.
+const CurrentSchema = 1
+
+// Bucket and key names. They are part of the on-disk format.
+var (
+	bktMeta     = []byte("meta")
+	bktVersions = []byte("versions")
+	bktMaps     = []byte("maps")
+	bktPages    = []byte("pages")
+	bktPageRefs = []byte("pagerefs")
+	bktBlocks   = []byte("blocks")
+	bktGC       = []byte("gc")
+	bktTrash    = []byte("trash")
+
+	keySchema      = []byte("schema")
+	keyStoreID     = []byte("store_id")
+	keyBlockSize   = []byte("block_size")
+	keyCreated     = []byte("created")
+	keyBlocks      = []byte("blocks")
+	keyStoredBytes = []byte("stored_bytes")
+	keyPlainBytes  = []byte("plain_bytes")
+)
+
+var allBuckets = [][]byte{bktMeta, bktVersions, bktMaps, bktPages, bktPageRefs, bktBlocks, bktGC, bktTrash}
+
+// Options configures a DB.
+type Options struct {
+	// LockTimeout is how long a transaction waits for another process to
+	// release the database before failing with ErrBusy. Zero means 2 minutes.
+	LockTimeout time.Duration
+	// Now returns the current time; time.Now when nil.
+	Now func() time.Time
+}
+
+// DB is a handle on a metastore file. It holds no open database between
+// calls (see the package documentation), only a shared lock on the store
+// that keeps schema migrations out while it lives.
+type DB struct {
+	path      string
+	opts      Options
+	storeLock *Lock
+	blockSize int64
+	storeID   [16]byte
+
+	mu sync.RWMutex // serialises this process's own transactions
+}
+
+// SchemaOf reads the schema version of the metastore at path without
+// locking the store. It returns ErrNoStore if there is none.
+func SchemaOf(path string) (int, error) {
+	if _, err := os.Stat(path); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("%w at %s", ErrNoStore, path)
+		}
+		return 0, err
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Minute})
+	if err != nil {
+		return 0, openError(path, err)
+	}
+	defer bdb.Close()
+	schema := 0
+	err = bdb.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bktMeta)
+		if m == nil || len(m.Get(keySchema)) != 4 {
+			return fmt.Errorf("%w: %s has no schema version", ErrNotBacky, path)
+		}
+		schema = int(binary.BigEndian.Uint32(m.Get(keySchema)))
+		return nil
+	})
+	return schema, err
+}
+
+func openError(path string, err error) error {
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("%w: %s is held by another process", ErrBusy, path)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+		return fmt.Errorf("%w: %s: %w", ErrNotBacky, path, err)
+	}
+	return fmt.Errorf("opening metastore %s: %w", path, err)
+}
+
+// Create makes a new, empty metastore at path for the store storeID with
+// the given block size. It fails with ErrExists if one is already there.
+func Create(path string, blockSize int64, storeID [16]byte, opts Options) (*DB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating store directory: %w", err)
+	}
+	lk, err := lockStore(path, false)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); err == nil {
+		lk.Unlock()
+		return nil, fmt.Errorf("%w: %s", ErrExists, path)
+	}
+	db := &DB{path: path, opts: opts, storeLock: lk, blockSize: blockSize, storeID: storeID}
+	// Build the database under a temporary name and rename it into place,
+	// so a crash never leaves a half-initialised store.
+	tmp := path + ".creating"
+	_ = os.Remove(tmp)
+	bdb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		lk.Unlock()
+		return nil, openError(tmp, err)
+	}
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bktMeta)
+		put := func(k, v []byte) {
+			if err == nil {
+				err = m.Put(k, v)
+			}
+		}
+		put(keySchema, binary.BigEndian.AppendUint32(nil, CurrentSchema))
+		put(keyStoreID, db.storeID[:])
+		put(keyBlockSize, binary.BigEndian.AppendUint64(nil, uint64(blockSize)))
+		put(keyCreated, []byte(db.now().UTC().Format(time.RFC3339)))
+		return err
+	})
+	if cerr := bdb.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncedRename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		lk.Unlock()
+		return nil, fmt.Errorf("creating metastore %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// syncedRename renames and makes the rename durable.
+func syncedRename(from, to string) error {
+	if err := os.Link(from, to); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w: %s", ErrExists, to)
+		}
+		return err
+	}
+	if err := os.Remove(from); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(to))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Open opens the metastore at path. It fails with ErrNoStore when there is
+// none, ErrNewerSchema when a newer backy wrote it, and ErrOlderSchema when
+// it must be migrated first (package migrate does that).
+func Open(path string, opts Options) (*DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w at %s", ErrNoStore, path)
+		}
+		return nil, fmt.Errorf("opening metastore: %w", err)
+	}
+	lk, err := lockStore(path, false)
+	if err != nil {
+		return nil, err
+	}
+	db := &DB{path: path, opts: opts, storeLock: lk}
+	err = db.view(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bktMeta)
+		if m == nil || len(m.Get(keySchema)) != 4 {
+			return fmt.Errorf("%w: %s has no schema version", ErrNotBacky, path)
+		}
+		schema := int(binary.BigEndian.Uint32(m.Get(keySchema)))
+		switch {
+		case schema > CurrentSchema:
+			return fmt.Errorf("%w: %s has schema %d, this backy reads up to %d: upgrade backy", ErrNewerSchema, path, schema, CurrentSchema)
+		case schema < CurrentSchema:
+			return fmt.Errorf("%w: %s has schema %d, this backy uses %d", ErrOlderSchema, path, schema, CurrentSchema)
+		}
+		bs := m.Get(keyBlockSize)
+		id := m.Get(keyStoreID)
+		if len(bs) != 8 || len(id) != 16 {
+			return fmt.Errorf("%w: %s lacks its store identity", ErrCorrupt, path)
+		}
+		db.blockSize = int64(binary.BigEndian.Uint64(bs))
+		copy(db.storeID[:], id)
+		for _, b := range allBuckets {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("%w: bucket %q missing", ErrCorrupt, b)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		lk.Unlock()
+		return nil, err
+	}
+	return db, nil
+}
+
+// Close releases the store lock. The DB must not be used afterwards.
+func (db *DB) Close() error {
+	if db.storeLock != nil {
+		db.storeLock.Unlock()
+		db.storeLock = nil
+	}
+	return nil
+}
+
+// Path returns the database file's path.
+func (db *DB) Path() string { return db.path }
+
+// BlockSize returns the store's block size, fixed at creation.
+func (db *DB) BlockSize() int64 { return db.blockSize }
+
+// StoreID returns the store's random identity, fixed at creation.
+func (db *DB) StoreID() [16]byte { return db.storeID }
+
+func (db *DB) now() time.Time {
+	if db.opts.Now != nil {
+		return db.opts.Now()
+	}
+	return time.Now()
+}
+
+func (db *DB) timeout() time.Duration {
+	if db.opts.LockTimeout > 0 {
+		return db.opts.LockTimeout
+	}
+	return 2 * time.Minute
+}
+
+// view runs fn in a read transaction on a freshly opened database.
+func (db *DB) view(fn func(*bolt.Tx) error) error {
+	db.mu.RLock()
+	defer db.mu.RUnlock()
+	bdb, err := bolt.Open(db.path, 0o600, &bolt.Options{ReadOnly: true, Timeout: db.timeout()})
+	if err != nil {
+		return openError(db.path, err)
+	}
+	err = bdb.View(fn)
+	if cerr := bdb.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("closing metastore: %w", cerr)
+	}
+	return err
+}
+
+// update runs fn in a write transaction on a freshly opened database; the
+// changes are durable (fsynced) when it returns nil.
+func (db *DB) update(fn func(*bolt.Tx) error) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	bdb, err := bolt.Open(db.path, 0o600, &bolt.Options{Timeout: db.timeout(), FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return openError(db.path, err)
+	}
+	err = bdb.Update(fn)
+	if cerr := bdb.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("closing metastore: %w", cerr)
+	}
+	return err
+}
+
+func getU64(b *bolt.Bucket, k []byte) uint64 {
+	v := b.Get(k)
+	if len(v) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+func putU64(b *bolt.Bucket, k []byte, v uint64) error {
+	return b.Put(k, binary.BigEndian.AppendUint64(nil, v))
+}
+
+// addU64 adds delta (which may be negative) to a counter, never below zero.
+func addU64(b *bolt.Bucket, k []byte, delta int64) error {
+	v := int64(getU64(b, k)) + delta
+	if v < 0 {
+		v = 0
+	}
+	return putU64(b, k, uint64(v))
+}
+
+// StoreStats are store-wide totals.
+type StoreStats struct {
+	Versions     int    `json:"versions"`
+	Blocks       int64  `json:"blocks"`
+	StoredBytes  int64  `json:"stored_bytes"`
+	PlainBytes   int64  `json:"plain_bytes"`
+	Unreferenced int64  `json:"unreferenced_blocks"`
+	Trash        int64  `json:"trash_objects"`
+	BlockSize    int64  `json:"block_size"`
+	Created      string `json:"created"`
+}
+
+// Stats returns store-wide totals.
+func (db *DB) Stats() (StoreStats, error) {
+	var s StoreStats
+	err := db.view(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bktMeta)
+		s.Versions = tx.Bucket(bktVersions).Stats().KeyN
+		s.Blocks = int64(getU64(m, keyBlocks))
+		s.StoredBytes = int64(getU64(m, keyStoredBytes))
+		s.PlainBytes = int64(getU64(m, keyPlainBytes))
+		s.Unreferenced = int64(tx.Bucket(bktGC).Stats().KeyN)
+		s.Trash = int64(tx.Bucket(bktTrash).Stats().KeyN)
+		s.BlockSize = db.blockSize
+		s.Created = string(m.Get(keyCreated))
+		return nil
+	})
+	return s, err
+}

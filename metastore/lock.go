@@ -1,0 +1,145 @@
+package metastore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Lock is an flock(2) lock on a file in the store's lock directory. The
+// kernel drops it when the process dies, so a lock can never go stale.
+type Lock struct {
+	f    *os.File
+	path string
+}
+
+// LockDir returns the directory holding the lock files of the metastore at
+// dbPath: "<dbPath>.locks".
+func LockDir(dbPath string) string { return dbPath + ".locks" }
+
+func lockFile(path string, exclusive, wait bool, what string) (*Lock, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating lock directory: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock %s: %w", path, err)
+	}
+	how := syscall.LOCK_SH
+	if exclusive {
+		how = syscall.LOCK_EX
+	}
+	if !wait {
+		how |= syscall.LOCK_NB
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), how)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		holder := ""
+		if b, rerr := os.ReadFile(path); rerr == nil && len(b) > 0 {
+			holder = " (" + strings.TrimSpace(string(b)) + ")"
+		}
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w%s", what, ErrLocked, holder)
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	if exclusive {
+		// Say who holds it, for the error message of whoever waits.
+		_ = f.Truncate(0)
+		_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d, %s, since %s", os.Getpid(), processName(), time.Now().UTC().Format(time.RFC3339))), 0)
+	}
+	return &Lock{f: f, path: path}, nil
+}
+
+var lockHolderName = "backy"
+
+// SetHolderName sets the text recorded in exclusive lock files next to the
+// process id (the CLI sets it to the command being run).
+func SetHolderName(s string) { lockHolderName = s }
+
+func processName() string { return lockHolderName }
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() {
+	if l == nil || l.f == nil {
+		return
+	}
+	_ = l.f.Close()
+	l.f = nil
+}
+
+// lockStore takes the store-wide lock: shared for ordinary commands,
+// exclusive for schema migrations. Shared holders wait for a migration.
+func lockStore(dbPath string, exclusive bool) (*Lock, error) {
+	return lockFile(filepath.Join(LockDir(dbPath), "store.lock"), exclusive, true, "store "+dbPath)
+}
+
+// LockStoreExclusive takes the store lock exclusively, waiting for every
+// other command to finish. Only schema migrations use it.
+func LockStoreExclusive(dbPath string) (*Lock, error) { return lockStore(dbPath, true) }
+
+// LockMode says how a version is locked.
+type LockMode int
+
+const (
+	// Shared: the version is being read (restore, scrub, used as a base);
+	// it cannot be removed or changed meanwhile, and others may read it.
+	Shared LockMode = iota
+	// Exclusive: the version is being written (backup, resume) or removed.
+	Exclusive
+)
+
+// LockVersion locks version uid without waiting. It fails with an error
+// wrapping ErrLocked when a conflicting lock is held.
+func (db *DB) LockVersion(uid string, mode LockMode) (*Lock, error) {
+	if !validUID(uid) {
+		return nil, fmt.Errorf("%w: %q", ErrVersionNotFound, uid)
+	}
+	what := "version " + uid + " is in use by another backy process"
+	if mode == Shared {
+		what = "version " + uid + " is being written or removed by another backy process"
+	}
+	return lockFile(db.versionLockPath(uid), mode == Exclusive, false, what)
+}
+
+func (db *DB) versionLockPath(uid string) string {
+	return filepath.Join(LockDir(db.path), "version-"+uid+".lock")
+}
+
+// removeVersionLock deletes the lock file of a removed version; the caller
+// holds it exclusively.
+func (db *DB) removeVersionLock(uid string) {
+	_ = os.Remove(db.versionLockPath(uid))
+}
+
+// validUID reports whether s has the shape of a version uid: "V" and 20
+// lower-case hex digits.
+func validUID(s string) bool {
+	if len(s) != 21 || s[0] != 'V' {
+		return false
+	}
+	_, err := strconv.ParseUint(s[1:9], 16, 64)
+	if err != nil {
+		return false
+	}
+	for _, c := range s[1:] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidUID reports whether s has the shape of a version uid.
+func ValidUID(s string) bool { return validUID(s) }

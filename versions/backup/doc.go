@@ -1,0 +1,30 @@
+// Package backup is backy's backup engine: it cuts a source into blocks,
+// stores every block the store does not hold yet, and records the version's
+// block map in the metastore.
+//
+// # Pipeline
+//
+// One reader goroutine walks the blocks in order and reads those it must
+// (large sequential reads into a fixed pool of block buffers); it skips
+// holes of sparse files, blocks that hints mark as discarded, and blocks or
+// whole 4 GiB pages that hints say are unchanged since the base version.
+// W workers test each block for zeros, hash it with BLAKE3, look it up in
+// the metastore and store it when it is new (compressing and encrypting it
+// through the blockstore). One committer puts results back in block order
+// and commits them to the metastore every CommitInterval, one page of the
+// block map at a time, with the new block records and the reference
+// counts, in one transaction per commit.
+//
+// Memory is bounded by (workers + 2) block buffers plus one page of the map
+// per uncommitted page, whatever the image size.
+//
+// # Crash safety
+//
+// A version is created incomplete and becomes valid in the transaction of
+// the last commit, after every block is durable. A backup killed at any
+// point leaves an incomplete version whose committed prefix is exact;
+// Resume continues from it, and objects stored but not yet committed are
+// debris for cleanup --orphans. A block deduplicated against is re-checked
+// in the commit transaction: if a concurrent cleanup removed it meanwhile
+// the engine reads it from the source again and stores it.
+package backup

@@ -1,0 +1,257 @@
+// Package restore is backy's restore engine: it reads a version's block map
+// from the metastore, fetches and verifies every block from the store in
+// parallel, and writes it at its offset in the target.
+//
+// Every block is verified (authentication tag, BLAKE3) before it is
+// written; data that fails verification is never written. A valid version
+// restores completely or the restore fails. An incomplete or invalid
+// version is restored only when forced, and then every block that could
+// not be restored is zeroed in the target and reported.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/metastore"
+)
+
+// Errors of Run.
+var (
+	// ErrNotRestorable: the version is incomplete or invalid and Force is off.
+	ErrNotRestorable = errors.New("version is not restorable without --force")
+	// ErrBadBlocks: a forced restore finished, but some blocks could not be
+	// restored (they are zeros in the target).
+	ErrBadBlocks = errors.New("some blocks could not be restored")
+)
+
+// BlockStore is what the engine needs of a blockstore.Store.
+type BlockStore interface {
+	Get(ctx context.Context, rec block.Record, buf []byte) ([]byte, error)
+}
+
+// Target is what the engine writes to (source.Target).
+type Target interface {
+	WriteAt(p []byte, off int64) (int, error)
+	Zero(off, n int64, sparse bool, zeros []byte) error
+}
+
+// Options describes a restore.
+type Options struct {
+	// Sparse leaves holes for sparse blocks instead of writing zeros.
+	Sparse bool
+	// Force restores an incomplete or invalid version, zeroing what cannot
+	// be restored.
+	Force bool
+	// Workers fetch and write blocks in parallel; 0 = GOMAXPROCS + 4.
+	Workers  int
+	Progress func(Progress)
+	Logger   *slog.Logger
+}
+
+// Progress reports a running restore.
+type Progress struct {
+	Done, Total int64
+}
+
+// BadBlock is a block the restore could not restore.
+type BadBlock struct {
+	Index  int64    `json:"index"`
+	Offset int64    `json:"offset"`
+	Length int64    `json:"length"`
+	ID     string   `json:"id,omitempty"`
+	Reason string   `json:"reason"`
+	id     block.ID // for marking invalid
+}
+
+// Result summarises a restore.
+type Result struct {
+	UID             string     `json:"uid"`
+	Size            int64      `json:"size"`
+	BytesWritten    int64      `json:"bytes_written"`
+	BytesSparse     int64      `json:"bytes_sparse"`
+	DurationSeconds float64    `json:"duration_seconds"`
+	BadBlocks       []BadBlock `json:"bad_blocks,omitempty"`
+	// InvalidVersions lists versions found to share a damaged block.
+	InvalidVersions []string `json:"invalid_versions,omitempty"`
+}
+
+// maxListed bounds the bad blocks listed one by one; the rest are counted.
+const maxListed = 10000
+
+type job struct {
+	idx   int64
+	id    block.ID
+	rec   block.Record
+	found bool
+}
+
+// Run restores version v (which the caller has read-locked) into tgt.
+func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Version, tgt Target, o Options) (*Result, error) {
+	start := time.Now()
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if v.Removing {
+		return nil, fmt.Errorf("%w: version %s is being removed", ErrNotRestorable, v.UID)
+	}
+	if v.Status != metastore.StatusValid && !o.Force {
+		return nil, fmt.Errorf("%w: version %s is %s", ErrNotRestorable, v.UID, v.Status)
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0) + 4
+	}
+	bs, size := v.BlockSize, v.Size
+	nBlk := v.Blocks()
+	res := &Result{UID: v.UID, Size: size}
+	var mu sync.Mutex // guards res
+	nBad := 0
+	addBad := func(idx int64, id block.ID, reason string) {
+		mu.Lock()
+		defer mu.Unlock()
+		nBad++
+		if len(res.BadBlocks) < maxListed {
+			b := BadBlock{Index: idx, Offset: idx * bs, Length: min(bs, size-idx*bs), Reason: reason, id: id}
+			if !id.IsSparse() {
+				b.ID = id.String()
+			}
+			res.BadBlocks = append(res.BadBlocks, b)
+		}
+	}
+	zeros := make([]byte, min(bs, 1<<20))
+
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := make(chan job, 2*o.Workers)
+	var done int64
+	var doneMu sync.Mutex
+	progress := func(n int64) {
+		if o.Progress == nil {
+			return
+		}
+		doneMu.Lock()
+		done += n
+		o.Progress(Progress{Done: done, Total: size})
+		doneMu.Unlock()
+	}
+	g.Go(func() error {
+		defer close(jobs)
+		var next int64
+		err := db.WalkMap(v.UID, func(c metastore.MapChunk) error {
+			for k := range c.IDs {
+				idx := c.First + int64(k)
+				if idx >= nBlk {
+					return fmt.Errorf("%w: map of %s has more blocks than its size", metastore.ErrCorrupt, v.UID)
+				}
+				select {
+				case jobs <- job{idx: idx, id: c.IDs[k], rec: c.Records[k], found: c.Found[k]}:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+			next = c.First + int64(len(c.IDs))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Blocks an incomplete version never reached.
+		for idx := next; idx < nBlk; idx++ {
+			select {
+			case jobs <- job{idx: idx, found: false}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	for range o.Workers {
+		g.Go(func() error {
+			buf := make([]byte, 0, bs)
+			for j := range jobs {
+				off := j.idx * bs
+				n := min(bs, size-off)
+				switch {
+				case j.found && j.id.IsSparse():
+					if err := tgt.Zero(off, n, o.Sparse, zeros); err != nil {
+						return err
+					}
+					mu.Lock()
+					res.BytesSparse += n
+					mu.Unlock()
+				case !j.found:
+					reason := "not backed up (the version is incomplete)"
+					if !j.id.IsSparse() {
+						reason = "no record of the block in the metastore"
+					}
+					if !o.Force {
+						return fmt.Errorf("block %d: %s", j.idx, reason)
+					}
+					addBad(j.idx, j.id, reason)
+					if err := tgt.Zero(off, n, o.Sparse, zeros); err != nil {
+						return err
+					}
+				default:
+					data, err := st.Get(gctx, j.rec, buf[:0])
+					if err == nil && int64(len(data)) != n {
+						err = fmt.Errorf("%w: block %d has %d bytes, the version needs %d", blockstore.ErrCorrupt, j.idx, len(data), n)
+					}
+					if err != nil {
+						if !errors.Is(err, blockstore.ErrCorrupt) && !errors.Is(err, blockstore.ErrMissing) {
+							return err
+						}
+						addBad(j.idx, j.id, err.Error())
+						if !o.Force {
+							return fmt.Errorf("block %d at byte %d: %w", j.idx, off, err)
+						}
+						if err := tgt.Zero(off, n, o.Sparse, zeros); err != nil {
+							return err
+						}
+						break
+					}
+					if _, err := tgt.WriteAt(data, off); err != nil {
+						return err
+					}
+					mu.Lock()
+					res.BytesWritten += n
+					mu.Unlock()
+				}
+				progress(n)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	// Damage found is recorded whatever else happened.
+	var damaged []block.ID
+	for _, b := range res.BadBlocks {
+		if !b.id.IsSparse() && b.ID != "" {
+			damaged = append(damaged, b.id)
+		}
+	}
+	if len(damaged) > 0 {
+		uids, merr := db.MarkInvalid(damaged)
+		if merr != nil {
+			log.Error("recording damaged blocks failed", "err", merr)
+		}
+		res.InvalidVersions = uids
+		log.Warn("damaged blocks found and recorded", "blocks", len(damaged), "versions", uids)
+	}
+	res.DurationSeconds = time.Since(start).Seconds()
+	if err != nil {
+		return res, err
+	}
+	if nBad > 0 {
+		return res, fmt.Errorf("%w: %d block(s) of %s are zeros in the target", ErrBadBlocks, nBad, v.UID)
+	}
+	return res, nil
+}

@@ -1,0 +1,168 @@
+package source
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Target is where a restore writes. Create it with CreateTarget; finish
+// with Commit, or Abort on failure.
+type Target struct {
+	f     *os.File
+	path  string // final path
+	tmp   string // temporary path of a new file, "" when writing in place
+	isDev bool
+	// Existing is true when the restore overwrites an existing file or
+	// device (with --force), false for a new file.
+	Existing   bool
+	punchFails bool
+}
+
+// CreateTarget prepares a restore of size bytes to spec (a path or file://
+// URL). A new file is created under a temporary name beside it, already
+// size bytes long and entirely a hole. An existing file or block device is
+// used only with force, and must be at least size bytes.
+func CreateTarget(spec string, size int64, force bool) (*Target, error) {
+	path, err := PathFromSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(path)
+	switch {
+	case err == nil:
+		if !force {
+			return nil, fmt.Errorf("%w: %s (use --force to overwrite it)", ErrTargetExists, path)
+		}
+		isDev := st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
+		if !isDev && !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("%w: target %s is neither a regular file nor a block device", ErrUnsupported, path)
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("opening target %s: %w", path, err)
+		}
+		have := st.Size()
+		if isDev {
+			if have, err = f.Seek(0, io.SeekEnd); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("target %s: size of block device: %w", path, err)
+			}
+		}
+		if have < size {
+			f.Close()
+			return nil, fmt.Errorf("%w: %s has %d bytes, the version needs %d", ErrTargetTooSmall, path, have, size)
+		}
+		return &Target{f: f, path: path, isDev: isDev, Existing: true}, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("target %s: %w", path, err)
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".backy-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating target %s: %w", path, err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("sizing target %s: %w", path, err)
+	}
+	return &Target{f: f, path: path, tmp: tmp}, nil
+}
+
+// Path is the final path of the target.
+func (t *Target) Path() string { return t.path }
+
+// WriteAt writes p at off.
+func (t *Target) WriteAt(p []byte, off int64) (int, error) {
+	n, err := t.f.WriteAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("writing target %s at %d: %w", t.path, off, err)
+	}
+	return n, nil
+}
+
+// Zero makes [off, off+n) read as zeros. With sparse it punches a hole
+// (discards, on a device) where it can; otherwise, and where punching is
+// not supported, it writes zeros. On a new file with sparse there is
+// nothing to do: the file was created as one hole.
+func (t *Target) Zero(off, n int64, sparse bool, zeros []byte) error {
+	if sparse {
+		if !t.Existing {
+			return nil
+		}
+		if !t.punchFails {
+			err := unix.Fallocate(int(t.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("punching hole in %s at %d: %w", t.path, off, err)
+			}
+			t.punchFails = true
+		}
+	}
+	for n > 0 {
+		c := min(n, int64(len(zeros)))
+		if _, err := t.WriteAt(zeros[:c], off); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// Commit makes the restored data durable and, for a new file, moves it to
+// its final name (refusing to replace a file that appeared meanwhile).
+func (t *Target) Commit() error {
+	if err := t.f.Sync(); err != nil {
+		t.Abort()
+		return fmt.Errorf("syncing target %s: %w", t.path, err)
+	}
+	if err := t.f.Close(); err != nil {
+		t.Abort()
+		return fmt.Errorf("closing target %s: %w", t.path, err)
+	}
+	t.f = nil
+	if t.tmp == "" {
+		return nil
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, t.tmp, unix.AT_FDCWD, t.path, unix.RENAME_NOREPLACE); err != nil {
+		os.Remove(t.tmp)
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%w: %s appeared during the restore", ErrTargetExists, t.path)
+		}
+		return fmt.Errorf("moving restored file to %s: %w", t.path, err)
+	}
+	t.tmp = ""
+	if d, err := os.Open(filepath.Dir(t.path)); err == nil {
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("syncing directory of %s: %w", t.path, err)
+		}
+	}
+	return nil
+}
+
+// Abort gives up: a new file is removed; an existing target is left as it
+// is (partly overwritten) and closed.
+func (t *Target) Abort() {
+	if t.f != nil {
+		t.f.Close()
+		t.f = nil
+	}
+	if t.tmp != "" {
+		os.Remove(t.tmp)
+		t.tmp = ""
+	}
+}

@@ -1,0 +1,72 @@
+// Package versions holds the operations on versions that need only the
+// metastore: listing, removal, protection and labels. The engines that move
+// data live in the sub-packages backup and restore; sources and targets in
+// source; change hints in hints.
+package versions
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/backy/backy/metastore"
+)
+
+// Errors, tested with errors.Is.
+var (
+	// ErrProtected: the version is protected.
+	ErrProtected = errors.New("version is protected")
+	// ErrTooYoung: the version is younger than the configured minimum age
+	// for removal.
+	ErrTooYoung = errors.New("version is too young to remove")
+)
+
+// List returns the versions of volume (all when volume is ""), oldest first.
+func List(db *metastore.DB, volume string) ([]*metastore.Version, error) {
+	return db.Versions(func(v *metastore.Version) bool { return volume == "" || v.Volume == volume })
+}
+
+// RemoveOptions guard removal.
+type RemoveOptions struct {
+	// Force removes versions younger than MinAge.
+	Force bool
+	// MinAge is disallow_rm_when_younger_than_days as a duration.
+	MinAge time.Duration
+	Now    time.Time
+}
+
+// Remove deletes a version from the metastore. Its blocks become
+// unreferenced when no other version uses them, and cleanup deletes them
+// from the backend. Protected versions are always refused (unprotect them
+// first); versions younger than MinAge are refused unless Force. A version
+// in use (being backed up, restored or used as a base) is refused with an
+// error wrapping metastore.ErrLocked.
+func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
+	lk, err := db.LockVersion(uid, metastore.Exclusive)
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	v, err := db.Version(uid)
+	if err != nil {
+		return err
+	}
+	if v.Protected {
+		return fmt.Errorf("%w: %s (run 'backy unprotect %s' first)", ErrProtected, uid, uid)
+	}
+	if !o.Force && o.MinAge > 0 && !v.Removing && v.Status != metastore.StatusIncomplete {
+		if age := o.Now.Sub(v.Date); age < o.MinAge {
+			return fmt.Errorf("%w: %s is %s old, the minimum is %s (disallow_rm_when_younger_than_days); use --force to remove it anyway",
+				ErrTooYoung, uid, age.Round(time.Minute), o.MinAge)
+		}
+	}
+	return db.RemoveVersion(uid)
+}
+
+// SetProtected protects or unprotects a version.
+func SetProtected(db *metastore.DB, uid string, protected bool) (*metastore.Version, error) {
+	return db.UpdateVersion(uid, func(v *metastore.Version) error {
+		v.Protected = protected
+		return nil
+	})
+}
