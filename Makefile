@@ -4,7 +4,7 @@ BIN     ?= bin/backy
 PREFIX  ?= $(HOME)/go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-STATICCHECK_VERSION := 2026.1
+STATICCHECK_VERSION := v0.8.2
 
 .PHONY: all build install test test-short race bench lint fuzz clean
 

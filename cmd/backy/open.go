@@ -244,3 +244,19 @@ func (m multiHandler) WithGroup(name string) slog.Handler {
 	}
 	return out
 }
+
+// withStore is the action of a command that checks its argument count,
+// opens the store, runs fn and closes the store.
+func (e *env) withStore(min, max int, usage string, fn func(*cli.Context, *store) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if err := args(c, min, max, usage); err != nil {
+			return err
+		}
+		s, err := e.openStore(c.Context)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return fn(c, s)
+	}
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/backy/backy/cmd/backy/internal/ui"
+)
+
+func cmdStats(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "stats",
+		Usage:     "show the statistics of a version, or of the whole store",
+		ArgsUsage: "[VERSION]",
+		Action: e.withStore(0, 1, "at most one VERSION", func(c *cli.Context, s *store) error {
+			if uid := c.Args().First(); uid != "" {
+				v, err := versionArg(s.db, uid)
+				if err != nil {
+					return err
+				}
+				if e.json {
+					return ui.JSON(e.stdout, v)
+				}
+				rate := "-"
+				if v.DurationSeconds > 0 {
+					rate = ui.Bytes(int64(float64(v.Size)/v.DurationSeconds)) + "/s"
+				}
+				return ui.Table(e.stdout, []string{"FIELD", "VALUE"}, [][]string{
+					{"uid", v.UID}, {"volume", v.Volume}, {"status", string(v.Status)}, {"size", fmt.Sprintf("%s (%d)", ui.Bytes(v.Size), v.Size)},
+					{"block size", ui.Bytes(v.BlockSize)}, {"bytes read", ui.Bytes(v.BytesRead)}, {"bytes written", ui.Bytes(v.BytesWritten)},
+					{"bytes deduplicated", ui.Bytes(v.BytesDeduplicated)}, {"bytes sparse", ui.Bytes(v.BytesSparse)},
+					{"duration", fmt.Sprintf("%.2fs (%s)", v.DurationSeconds, rate)},
+				})
+			}
+			st, err := s.db.Stats()
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return ui.JSON(e.stdout, st)
+			}
+			return ui.Table(e.stdout, []string{"FIELD", "VALUE"}, [][]string{
+				{"versions", fmt.Sprint(st.Versions)}, {"stored blocks", fmt.Sprint(st.Blocks)},
+				{"stored bytes", ui.Bytes(st.StoredBytes)}, {"plain bytes", ui.Bytes(st.PlainBytes)},
+				{"unreferenced blocks", fmt.Sprint(st.Unreferenced)}, {"block size", ui.Bytes(st.BlockSize)}, {"created", st.Created},
+			})
+		}),
+	}
+}
