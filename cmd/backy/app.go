@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/rand"
-	"fmt"
 	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
@@ -67,7 +66,7 @@ func newApp(e *env) *cli.App {
 			cmdProtect(e, true), cmdProtect(e, false), cmdStats(e), cmdVersion(e),
 		},
 		CommandNotFound: func(c *cli.Context, name string) {
-			fmt.Fprintf(e.stderr, "backy: unknown command %q; see 'backy help'\n", name)
+			e.unknownCommand = name
 		},
 	}
 	for _, c := range app.Commands {

@@ -34,12 +34,15 @@ func cmdRestore(e *env) *cli.Command {
 				return err
 			}
 			defer s.Close()
+			if _, err := versionArg(s.db, uid); err != nil {
+				return err
+			}
 			lk, err := s.db.LockVersion(uid, metastore.Shared)
 			if err != nil {
 				return err
 			}
 			defer lk.Unlock()
-			v, err := versionArg(s.db, uid)
+			v, err := versionArg(s.db, uid) // as it is now that we hold the lock
 			if err != nil {
 				return err
 			}

@@ -24,6 +24,9 @@ func run(args []string) int {
 	env := &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	app := newApp(env)
 	err := app.RunContext(ctx, interspersed(app, args))
+	if err == nil && env.unknownCommand != "" {
+		err = usageErr("unknown command %q", env.unknownCommand)
+	}
 	if err == nil {
 		return exitOK
 	}

@@ -35,6 +35,7 @@ type env struct {
 	logFile        *os.File
 	cfg            *config.Config
 	isDefault      bool
+	unknownCommand string
 }
 
 // store is an open store: metastore, backend and block store.
@@ -95,8 +96,23 @@ func (e *env) close() {
 // openStore opens the configured store. The default store (no config) is
 // created on first use, with one line on stderr saying where.
 func (e *env) openStore(ctx context.Context) (*store, error) {
+	s, err := e.openStoreInner(ctx)
+	if err != nil && !errors.Is(err, metastore.ErrNoStore) && !errors.Is(err, errStoreMismatch) && !errors.Is(err, config.ErrInvalid) &&
+		!errors.Is(err, metastore.ErrNewerSchema) && !errors.Is(err, metastore.ErrLocked) && !errors.Is(err, metastore.ErrBusy) {
+		where := "the paths in " + configName(e.cfg)
+		if e.isDefault {
+			where = "BACKY_HOME (or use -c FILE)"
+		}
+		return nil, fmt.Errorf("cannot open the store (metastore %s, data %s): %w; check %s", e.cfg.Meta.Path, e.cfg.Data.Path, err, where)
+	}
+	return s, err
+}
+
+func (e *env) openStoreInner(ctx context.Context) (*store, error) {
 	cfg := e.cfg
-	if _, err := os.Stat(cfg.Meta.Path); errors.Is(err, os.ErrNotExist) && e.isDefault {
+	if _, err := os.Stat(cfg.Meta.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	} else if err != nil && e.isDefault {
 		s, err := e.createStore(ctx, cfg.Defaults.BlockSize)
 		if err != nil {
 			return nil, err
