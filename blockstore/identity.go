@@ -49,6 +49,9 @@ func WriteIdentity(ctx context.Context, be backend.Backend, id Identity) error {
 	if err := be.Put(ctx, IdentityName, append(b, '\n')); err != nil {
 		return fmt.Errorf("writing store identity: %w", err)
 	}
+	if err := backend.Sync(ctx, be); err != nil {
+		return fmt.Errorf("writing store identity: %w", err)
+	}
 	return nil
 }
 

@@ -10,7 +10,9 @@
 // # The contract
 //
 //   - Put is atomic and durable: when it returns nil the whole object is
-//     stored and survives a crash of the process or the machine; when it
+//     stored and survives a crash of the process or the machine (for a
+//     backend configured to defer directory syncs, once Sync has returned
+//     nil after it; see Syncer); when it
 //     fails, or the process dies during it, no reader ever observes a partial
 //     object under the name (it is either absent or complete).
 //   - Objects are never modified in place. Put of an existing name replaces
@@ -123,6 +125,31 @@ func ValidName(name string) bool {
 		}
 	}
 	return true
+}
+
+// Syncer is implemented by backends that can defer part of Put's
+// durability (file.Options.DeferDirSync). Once Sync returns nil, every
+// object whose Put returned before the call is durable. Callers that
+// record objects elsewhere (the metastore) call Sync first. Wrappers pass
+// Sync through; a backend whose Put is always durable need not have it.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}
+
+// Sync calls Sync on be, or on the first backend it wraps that has it; it
+// does nothing if none has.
+func Sync(ctx context.Context, be Backend) error {
+	for be != nil {
+		if s, ok := be.(Syncer); ok {
+			return s.Sync(ctx)
+		}
+		u, ok := be.(Unwrapper)
+		if !ok {
+			return nil
+		}
+		be = u.Unwrap()
+	}
+	return nil
 }
 
 // Unwrapper is implemented by wrappers (retry, limits, fault injection) so

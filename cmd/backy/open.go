@@ -181,7 +181,9 @@ func newBackend(cfg *config.Config, create bool) (backend.Backend, error) {
 				return nil, fmt.Errorf("%w: data directory %s: %w; check [DataBackend] path in %s", errStoreMismatch, cfg.Data.Path, err, configName(cfg))
 			}
 		}
-		return file.New(cfg.Data.Path)
+		// Directory syncs are batched per commit: the backup engine
+		// flushes before it records blocks in the metastore.
+		return file.NewWithOptions(cfg.Data.Path, file.Options{DeferDirSync: true})
 	}
 	return nil, fmt.Errorf("%w: [DataBackend] type %q is not supported (supported: file)", config.ErrInvalid, cfg.Data.Type)
 }

@@ -36,6 +36,8 @@ var (
 type BlockStore interface {
 	Put(ctx context.Context, id block.ID, plain []byte) (block.Record, error)
 	Delete(ctx context.Context, name block.Name) error
+	// Flush makes every block stored so far durable.
+	Flush(ctx context.Context) error
 }
 
 // Options describes one backup.
@@ -121,9 +123,10 @@ type engine struct {
 }
 
 type upload struct {
-	done chan struct{}
-	rec  block.Record
-	err  error
+	done  chan struct{}
+	rec   block.Record
+	err   error
+	found bool // the block was found committed in the metastore
 }
 
 func (o *Options) now() time.Time {

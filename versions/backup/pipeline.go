@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
@@ -34,9 +36,14 @@ func (e *engine) pipeline(ctx context.Context, firstPage int64, start time.Time)
 		defer close(jobs)
 		return e.reader(ctx, firstPage, pool, window, jobs)
 	})
-	var workers errgroup.Group
+	// Workers run in g, so that a worker's error cancels ctx at once: the
+	// committer would otherwise wait forever for the failed block, and the
+	// reader for room in the window.
+	var workers sync.WaitGroup
 	for range e.o.Workers {
-		workers.Go(func() error {
+		workers.Add(1)
+		g.Go(func() error {
+			defer workers.Done()
 			for j := range jobs {
 				r, err := e.work(ctx, j)
 				if j.buf != nil {
@@ -55,9 +62,9 @@ func (e *engine) pipeline(ctx context.Context, firstPage int64, start time.Time)
 		})
 	}
 	g.Go(func() error {
-		err := workers.Wait()
+		workers.Wait()
 		close(results)
-		return err
+		return nil
 	})
 	g.Go(func() error {
 		return e.committer(ctx, firstPage, start, window, results)
@@ -195,6 +202,11 @@ func (e *engine) store(ctx context.Context, id block.ID, data []byte) (*block.Re
 		if u.err != nil {
 			return nil, false, false, u.err
 		}
+		if u.found {
+			// Committed before this run: deduplicate against it as the
+			// first worker did, with nothing to commit.
+			return nil, false, true, nil
+		}
 		rec := u.rec
 		return &rec, false, true, nil
 	}
@@ -211,9 +223,10 @@ func (e *engine) store(ctx context.Context, id block.ID, data []byte) (*block.Re
 	}
 	if look[0].Found && !look[0].Record.Invalid {
 		// Stored and committed: nothing to share with other workers.
+		// (Set found before close: waiters read it once done is closed.)
+		u.found = true
 		close(u.done)
 		e.forget(id)
-		u.rec = look[0].Record
 		return nil, false, true, nil
 	}
 	rec, err := e.st.Put(ctx, id, data)
@@ -241,7 +254,14 @@ func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time
 	pending := map[int64]result{}
 	next := firstPage * blockmap.PageEntries
 	v := e.v
+	// A resumed run starts at the page holding the first block not yet
+	// done, so it sees again blocks that the version's counters already
+	// count: count only the blocks from counted on.
+	counted := v.BlocksDone
 	stats := func(r result) {
+		if r.kind != kindPage && r.idx < counted {
+			return
+		}
 		if r.wasRead {
 			v.BytesRead += int64(r.n)
 		}
@@ -262,6 +282,9 @@ func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time
 			}
 		case kindPage:
 			for k, id := range r.ents {
+				if r.idx+int64(k) < counted {
+					continue
+				}
 				n := blockLen(r.idx+int64(k), e.bs, e.size)
 				if id.IsSparse() {
 					v.BytesSparse += n
@@ -360,7 +383,11 @@ func (c *commitState) commit(ctx context.Context, final bool, start time.Time) e
 	done := int64(c.committedPages+len(c.full))*blockmap.PageEntries + int64(len(c.tail))
 	snapshot := *e.v
 	for attempt := 0; ; attempt++ {
-		_, err := e.db.Commit(metastore.Commit{
+		// Records may only point to durable objects.
+		if err := e.st.Flush(ctx); err != nil {
+			return err
+		}
+		res, err := e.db.Commit(metastore.Commit{
 			UID: e.v.UID, At: c.committedPages, Pages: pages, New: c.newRecs,
 			Update: func(v *metastore.Version) error {
 				v.BlocksDone = done
@@ -387,6 +414,7 @@ func (c *commitState) commit(ctx context.Context, final bool, start time.Time) e
 		if err != nil {
 			return fmt.Errorf("committing version %s: %w", e.v.UID, err)
 		}
+		c.dropRedundant(ctx, res.Redundant)
 		break
 	}
 	// Records now committed: later workers find them in the metastore.
@@ -431,4 +459,24 @@ func (c *commitState) restore(ctx context.Context, ids []block.ID) error {
 		c.seen[id] = true
 	}
 	return nil
+}
+
+// dropRedundant deletes objects this run stored that another writer had
+// stored first. They are in the metastore's trash, so one that cannot be
+// deleted now is left to cleanup.
+func (c *commitState) dropRedundant(ctx context.Context, names []block.Name) {
+	if len(names) == 0 {
+		return
+	}
+	var gone []block.Name
+	for _, n := range names {
+		if err := c.e.st.Delete(ctx, n); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			c.e.log.Warn("redundant object not deleted; cleanup will", "object", n.String(), "err", err)
+			continue
+		}
+		gone = append(gone, n)
+	}
+	if err := c.e.db.ForgetTrash(gone); err != nil {
+		c.e.log.Warn("trash not updated; cleanup will", "err", err)
+	}
 }
