@@ -1,6 +1,7 @@
 package metastore
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -115,8 +116,9 @@ func Create(path string, blockSize int64, storeID [16]byte, opts Options) (*DB, 
 	db := &DB{path: path, opts: opts, storeLock: lk, blockSize: blockSize, storeID: storeID}
 	// Build the database under a temporary name and rename it into place,
 	// so a crash never leaves a half-initialised store.
-	tmp := path + ".creating"
-	_ = os.Remove(tmp)
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := fmt.Sprintf("%s.creating-%x", path, rnd)
 	bdb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		lk.Unlock()

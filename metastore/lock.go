@@ -85,6 +85,13 @@ func lockStore(dbPath string, exclusive bool) (*Lock, error) {
 	return lockFile(filepath.Join(LockDir(dbPath), "store.lock"), exclusive, true, "store "+dbPath)
 }
 
+// LockCreate serialises the creation of the store at dbPath between
+// processes (two commands using a new default store at once): the caller
+// holds it while it checks whether the store exists and creates it.
+func LockCreate(dbPath string) (*Lock, error) {
+	return lockFile(filepath.Join(LockDir(dbPath), "create.lock"), true, true, "creating store "+dbPath)
+}
+
 // LockStoreExclusive takes the store lock exclusively, waiting for every
 // other command to finish. Only schema migrations use it.
 func LockStoreExclusive(dbPath string) (*Lock, error) { return lockStore(dbPath, true) }

@@ -82,7 +82,7 @@ func newApp(e *env) *cli.App {
 func chainBefore(e *env, next cli.BeforeFunc) cli.BeforeFunc {
 	return func(c *cli.Context) error {
 		if c.Command.Name == "version" { // needs no configuration
-			e.json = c.Bool("json")
+			e.json = jsonWanted(c)
 			return nil
 		}
 		if err := e.setup(c); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -22,16 +23,14 @@ func cmdRm(e *env) *cli.Command {
 			days := min(e.cfg.Defaults.DisallowRmWhenYoungerThanDays, 100*365)
 			o := versions.RemoveOptions{Force: c.Bool("force"), MinAge: time.Duration(days) * 24 * time.Hour, Now: time.Now()}
 			var removed []string
-			var firstErr error
+			var failed multiError
 			for _, uid := range c.Args().Slice() {
-				if _, err := versionArg(s.db, uid); err != nil {
-					firstErr = keepFirst(firstErr, err)
-					e.log.Error("not removed", "version", uid, "err", err)
-					continue
+				_, err := versionArg(s.db, uid)
+				if err == nil {
+					err = versions.Remove(s.db, uid, o)
 				}
-				if err := versions.Remove(s.db, uid, o); err != nil {
-					firstErr = keepFirst(firstErr, err)
-					e.log.Error("not removed", "version", uid, "err", err)
+				if err != nil {
+					failed = append(failed, err)
 					continue
 				}
 				removed = append(removed, uid)
@@ -48,14 +47,23 @@ func cmdRm(e *env) *cli.Command {
 					fmt.Fprintf(e.stdout, "removed %s\n", uid)
 				}
 			}
-			return firstErr
+			if len(failed) > 0 {
+				return fmt.Errorf("%d of %d version(s) not removed: %w", len(failed), c.NArg(), failed)
+			}
+			return nil
 		}),
 	}
 }
 
-func keepFirst(first, err error) error {
-	if first != nil {
-		return first
+// multiError joins errors on one line; errors.Is and errors.As see each.
+type multiError []error
+
+func (m multiError) Error() string {
+	parts := make([]string, len(m))
+	for i, err := range m {
+		parts[i] = err.Error()
 	}
-	return err
+	return strings.Join(parts, "; ")
 }
+
+func (m multiError) Unwrap() []error { return m }

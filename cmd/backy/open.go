@@ -59,7 +59,7 @@ func (s *store) Close() {
 
 // setup reads the configuration and starts logging; every command runs it.
 func (e *env) setup(c *cli.Context) error {
-	e.json = c.Bool("json")
+	e.json = jsonWanted(c)
 	cfg, isDefault, err := config.Resolve(c.String("config"), e.getenv)
 	if err != nil {
 		return err
@@ -113,14 +113,20 @@ func (e *env) openStoreInner(ctx context.Context) (*store, error) {
 	if _, err := os.Stat(cfg.Meta.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	} else if err != nil && e.isDefault {
-		s, err := e.createStore(ctx, cfg.Defaults.BlockSize)
-		if err != nil {
-			return nil, err
+		s, created, err := e.createStoreIfMissing(ctx, cfg.Defaults.BlockSize)
+		if err != nil || !created {
+			return s, err
 		}
 		fmt.Fprintf(e.stderr, "backy: created a new store in %s (block size %d); set BACKY_HOME or use -c FILE for another\n",
 			filepath.Dir(cfg.Meta.Path), cfg.Defaults.BlockSize)
 		return s, nil
 	}
+	return e.openExisting(ctx)
+}
+
+// openExisting opens a store that exists.
+func (e *env) openExisting(ctx context.Context) (*store, error) {
+	cfg := e.cfg
 	db, err := metastore.Open(cfg.Meta.Path, metastore.Options{})
 	if err != nil {
 		if errors.Is(err, metastore.ErrNoStore) {
@@ -188,8 +194,34 @@ func newBackend(cfg *config.Config, create bool) (backend.Backend, error) {
 	return nil, fmt.Errorf("%w: [DataBackend] type %q is not supported (supported: file)", config.ErrInvalid, cfg.Data.Type)
 }
 
+// createStoreIfMissing creates the store unless another process created it
+// meanwhile, in which case it opens it. created says which.
+func (e *env) createStoreIfMissing(ctx context.Context, blockSize int64) (*store, bool, error) {
+	lk, err := metastore.LockCreate(e.cfg.Meta.Path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer lk.Unlock()
+	if _, err := os.Stat(e.cfg.Meta.Path); err == nil {
+		s, err := e.openExisting(ctx)
+		return s, false, err
+	}
+	s, err := e.createStoreLocked(ctx, blockSize)
+	return s, err == nil, err
+}
+
 // createStore creates metastore and data backend of a new store.
 func (e *env) createStore(ctx context.Context, blockSize int64) (*store, error) {
+	lk, err := metastore.LockCreate(e.cfg.Meta.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Unlock()
+	return e.createStoreLocked(ctx, blockSize)
+}
+
+// createStoreLocked creates a store; the caller holds the creation lock.
+func (e *env) createStoreLocked(ctx context.Context, blockSize int64) (*store, error) {
 	cfg := e.cfg
 	if _, err := os.Stat(cfg.Meta.Path); err == nil {
 		return nil, fmt.Errorf("%w: %s", metastore.ErrExists, cfg.Meta.Path)
@@ -277,4 +309,16 @@ func (e *env) withStore(min, max int, usage string, fn func(*cli.Context, *store
 		defer s.Close()
 		return fn(c, s)
 	}
+}
+
+// jsonWanted reports whether --json was given globally or to the command
+// (each has its own flag, so the command's unset flag must not hide the
+// global one).
+func jsonWanted(c *cli.Context) bool {
+	for _, l := range c.Lineage() {
+		if l.IsSet("json") && l.Bool("json") {
+			return true
+		}
+	}
+	return false
 }
