@@ -43,7 +43,8 @@ func ParseObjectName(s string) (block.Name, bool) {
 		return block.Name{}, false
 	}
 	n, err := block.ParseName(rest[3:])
-	return n, err == nil
+	// ParseName also accepts upper-case hex, which ObjectName never writes.
+	return n, err == nil && ObjectName(n) == s
 }
 
 // Options configures a Store.

@@ -1,0 +1,187 @@
+package versions_test
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions"
+)
+
+func newDB(t *testing.T) *metastore.DB {
+	t.Helper()
+	db, err := metastore.Create(filepath.Join(t.TempDir(), "backy.db"), 64<<10, [16]byte{5}, metastore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		problems, err := db.Check()
+		if err != nil {
+			t.Errorf("metastore check: %v", err)
+		}
+		for _, p := range problems {
+			t.Errorf("metastore check: %v", p)
+		}
+		db.Close()
+	})
+	return db
+}
+
+var now = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+
+// addVersion records a version of volume made at date with the given status.
+func addVersion(t *testing.T, db *metastore.DB, volume string, date time.Time, status metastore.Status, protected bool) string {
+	t.Helper()
+	uid, err := metastore.NewUID(date)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &metastore.Version{UID: uid, Volume: volume, Date: date, BlockSize: 64 << 10, Status: metastore.StatusIncomplete}
+	if err := db.CreateVersion(v); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Commit(metastore.Commit{UID: uid, Update: func(v *metastore.Version) error {
+		v.Status, v.Protected = status, protected
+		return nil
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return uid
+}
+
+func TestRemove(t *testing.T) {
+	const day = 24 * time.Hour
+	minAge := 7 * day
+	cases := []struct {
+		name      string
+		age       time.Duration
+		status    metastore.Status
+		protected bool
+		o         versions.RemoveOptions
+		want      error // nil: removed
+	}{
+		{"old-enough", 8 * day, metastore.StatusValid, false, versions.RemoveOptions{MinAge: minAge, Now: now}, nil},
+		{"exactly-min-age", 7 * day, metastore.StatusValid, false, versions.RemoveOptions{MinAge: minAge, Now: now}, nil},
+		{"too-young", 6 * day, metastore.StatusValid, false, versions.RemoveOptions{MinAge: minAge, Now: now}, versions.ErrTooYoung},
+		{"too-young-forced", 6 * day, metastore.StatusValid, false, versions.RemoveOptions{Force: true, MinAge: minAge, Now: now}, nil},
+		{"too-young-invalid", time.Hour, metastore.StatusInvalid, false, versions.RemoveOptions{MinAge: minAge, Now: now}, versions.ErrTooYoung},
+		// A failed backup may always go.
+		{"young-incomplete", time.Hour, metastore.StatusIncomplete, false, versions.RemoveOptions{MinAge: minAge, Now: now}, nil},
+		{"no-min-age", 0, metastore.StatusValid, false, versions.RemoveOptions{Now: now}, nil},
+		{"protected", 100 * day, metastore.StatusValid, true, versions.RemoveOptions{MinAge: minAge, Now: now}, versions.ErrProtected},
+		{"protected-forced", 100 * day, metastore.StatusValid, true, versions.RemoveOptions{Force: true, Now: now}, versions.ErrProtected},
+		{"protected-incomplete", time.Hour, metastore.StatusIncomplete, true, versions.RemoveOptions{Force: true, Now: now}, versions.ErrProtected},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			db := newDB(t)
+			uid := addVersion(t, db, "vol", now.Add(-c.age), c.status, c.protected)
+			keep := addVersion(t, db, "vol", now.Add(-100*day), metastore.StatusValid, false)
+			err := versions.Remove(db, uid, c.o)
+			if c.want == nil && err != nil || !errors.Is(err, c.want) {
+				t.Fatalf("Remove = %v, want %v", err, c.want)
+			}
+			_, verr := db.Version(uid)
+			if removed := errors.Is(verr, metastore.ErrVersionNotFound); removed != (c.want == nil) {
+				t.Errorf("version removed: %v (%v)", removed, verr)
+			}
+			if _, err := db.Version(keep); err != nil {
+				t.Errorf("other version: %v", err)
+			}
+		})
+	}
+}
+
+func TestRemoveProtectedThenUnprotected(t *testing.T) {
+	db := newDB(t)
+	uid := addVersion(t, db, "vol", now, metastore.StatusValid, false)
+	v, err := versions.SetProtected(db, uid, true)
+	if err != nil || !v.Protected {
+		t.Fatalf("SetProtected = %+v, %v", v, err)
+	}
+	if err := versions.Remove(db, uid, versions.RemoveOptions{Force: true, Now: now}); !errors.Is(err, versions.ErrProtected) {
+		t.Fatalf("Remove = %v", err)
+	}
+	if v, err = versions.SetProtected(db, uid, false); err != nil || v.Protected {
+		t.Fatalf("SetProtected(false) = %+v, %v", v, err)
+	}
+	if err := versions.Remove(db, uid, versions.RemoveOptions{Now: now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := versions.SetProtected(db, uid, true); !errors.Is(err, metastore.ErrVersionNotFound) {
+		t.Errorf("SetProtected of a removed version = %v", err)
+	}
+}
+
+// TestRemoveLocked: a version in use cannot be removed, whatever the
+// options.
+func TestRemoveLocked(t *testing.T) {
+	for _, mode := range []metastore.LockMode{metastore.Shared, metastore.Exclusive} {
+		for _, force := range []bool{false, true} {
+			db := newDB(t)
+			uid := addVersion(t, db, "vol", now.Add(-1000*time.Hour), metastore.StatusValid, false)
+			lk, err := db.LockVersion(uid, mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = versions.Remove(db, uid, versions.RemoveOptions{Force: force, Now: now})
+			if !errors.Is(err, metastore.ErrLocked) {
+				t.Errorf("mode %v force %v: Remove = %v, want ErrLocked", mode, force, err)
+			}
+			if _, err := db.Version(uid); err != nil {
+				t.Errorf("locked version: %v", err)
+			}
+			lk.Unlock()
+			if err := versions.Remove(db, uid, versions.RemoveOptions{Now: now}); err != nil {
+				t.Errorf("Remove after unlock: %v", err)
+			}
+		}
+	}
+}
+
+func TestRemoveMissing(t *testing.T) {
+	db := newDB(t)
+	for _, uid := range []string{"V0123456789abcdef0123", "nonsense", ""} {
+		if err := versions.Remove(db, uid, versions.RemoveOptions{Now: now}); !errors.Is(err, metastore.ErrVersionNotFound) {
+			t.Errorf("Remove(%q) = %v", uid, err)
+		}
+	}
+}
+
+func TestList(t *testing.T) {
+	db := newDB(t)
+	b := addVersion(t, db, "b", now.Add(-time.Hour), metastore.StatusValid, false)
+	a2 := addVersion(t, db, "a", now, metastore.StatusValid, false)
+	a1 := addVersion(t, db, "a", now.Add(-2*time.Hour), metastore.StatusIncomplete, false)
+	cases := []struct {
+		volume string
+		want   []string
+	}{
+		{"", []string{a1, b, a2}},
+		{"a", []string{a1, a2}},
+		{"b", []string{b}},
+		{"c", nil},
+	}
+	for _, c := range cases {
+		vs, err := versions.List(db, c.volume)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, v := range vs {
+			got = append(got, v.UID)
+		}
+		if len(got) != len(c.want) {
+			t.Errorf("List(%q) = %v, want %v", c.volume, got, c.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != c.want[i] {
+				t.Errorf("List(%q) = %v, want %v (oldest first)", c.volume, got, c.want)
+				break
+			}
+		}
+	}
+}
