@@ -55,6 +55,9 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 		return fmt.Errorf("%w: %s (run 'backy unprotect %s' first)", ErrProtected, uid, uid)
 	}
 	if !o.Force && o.MinAge > 0 && !v.Removing && v.Status != metastore.StatusIncomplete {
+		if o.Now.IsZero() {
+			return errors.New("versions.Remove: RemoveOptions.Now is required with MinAge")
+		}
 		if age := o.Now.Sub(v.Date); age < o.MinAge {
 			return fmt.Errorf("%w: %s is %s old, the minimum is %s (disallow_rm_when_younger_than_days); use --force to remove it anyway",
 				ErrTooYoung, uid, age.Round(time.Minute), o.MinAge)

@@ -265,6 +265,10 @@ func (e *engine) openVersion() (*metastore.Lock, int64, error) {
 			err = fmt.Errorf("%w %s: block size %d differs from the store's %d", ErrBadResume, v.UID, v.BlockSize, e.bs)
 		case e.o.Volume != "" && v.Volume != e.o.Volume:
 			err = fmt.Errorf("%w %s: it belongs to volume %q, not %q", ErrBadResume, v.UID, v.Volume, e.o.Volume)
+		case v.Base != "" && (e.base == nil || e.base.UID != v.Base):
+			err = fmt.Errorf("%w %s: it was started with --from %s; give the same base", ErrBadResume, v.UID, v.Base)
+		case v.Base == "" && e.base != nil:
+			err = fmt.Errorf("%w %s: it was started without --from; resume it without one", ErrBadResume, v.UID)
 		}
 		if err != nil {
 			lk.Unlock()

@@ -381,8 +381,8 @@ func (c *commitState) commit(ctx context.Context, final bool, start time.Time) e
 		pages = append(pages, metastore.NewPage(append([]block.ID(nil), c.tail...)))
 	}
 	done := int64(c.committedPages+len(c.full))*blockmap.PageEntries + int64(len(c.tail))
-	snapshot := *e.v
 	for attempt := 0; ; attempt++ {
+		snapshot := *e.v // statistics, including blocks stored again below
 		// Records may only point to durable objects.
 		if err := e.st.Flush(ctx); err != nil {
 			return err
@@ -457,6 +457,9 @@ func (c *commitState) restore(ctx context.Context, ids []block.ID) error {
 		}
 		c.newRecs = append(c.newRecs, rec)
 		c.seen[id] = true
+		// Counted as deduplicated when read; it was written after all.
+		e.v.BytesWritten += int64(rec.StoredSize)
+		e.v.BytesDeduplicated -= int64(len(data))
 	}
 	return nil
 }
