@@ -76,9 +76,14 @@ func (e *engine) pipeline(ctx context.Context, firstPage int64, start time.Time)
 	return err
 }
 
+// prefetchBlocks is how far ahead of the reader the source is prefetched.
+const prefetchBlocks = 4
+
 // reader emits one job per block (or per reused page), in order.
 func (e *engine) reader(ctx context.Context, firstPage int64, pool chan *[]byte, window chan struct{}, jobs chan<- job) error {
 	holes, _ := e.src.(source.HoleFinder)
+	pf, _ := e.src.(source.Prefetcher)
+	var prefetched int64 // source bytes [0, prefetched) already asked for
 	var basePage []block.ID
 	basePageIdx := int64(-1)
 	send := func(j job) error {
@@ -152,6 +157,12 @@ func (e *engine) reader(ctx context.Context, firstPage int64, pool chan *[]byte,
 			case buf = <-pool:
 			case <-ctx.Done():
 				return ctx.Err()
+			}
+			if pf != nil && i*e.bs+n > prefetched {
+				// Keep the device busy a few blocks ahead of the reader.
+				ahead := prefetchBlocks * e.bs
+				pf.Prefetch(max(prefetched, i*e.bs), i*e.bs+ahead-max(prefetched, i*e.bs))
+				prefetched = i*e.bs + ahead
 			}
 			data, err := e.readBlock(i, *buf)
 			if err != nil {

@@ -126,6 +126,21 @@ func (s *File) Size() int64  { return s.size }
 func (s *File) Name() string { return s.name }
 func (s *File) Close() error { return s.f.Close() }
 
+// Prefetcher is implemented by sources that can start reading ahead.
+type Prefetcher interface {
+	// Prefetch asks for [off, off+n) to be read in the background, so that
+	// a later ReadAt of it does not wait for the device.
+	Prefetch(off, n int64)
+}
+
+// Prefetch starts an asynchronous read of [off, off+n) into the page cache
+// (posix_fadvise WILLNEED), so the device works while backy hashes.
+func (s *File) Prefetch(off, n int64) {
+	if n > 0 {
+		_ = unix.Fadvise(int(s.f.Fd()), off, n, unix.FADV_WILLNEED)
+	}
+}
+
 // IsHole reports whether [off, off+n) of a regular file is a hole. It is
 // meant for in-order calls: one lseek(SEEK_DATA) answers for every block up
 // to the next data.
