@@ -2,31 +2,17 @@ package versions_test
 
 import (
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions"
 )
 
 func newDB(t *testing.T) *metastore.DB {
 	t.Helper()
-	db, err := metastore.Create(filepath.Join(t.TempDir(), "backy.db"), 64<<10, [16]byte{5}, metastore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		problems, err := db.Check()
-		if err != nil {
-			t.Errorf("metastore check: %v", err)
-		}
-		for _, p := range problems {
-			t.Errorf("metastore check: %v", p)
-		}
-		db.Close()
-	})
-	return db
+	return metastoretest.Create(t, "", 64<<10)
 }
 
 var now = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)

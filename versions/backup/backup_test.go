@@ -12,6 +12,7 @@ import (
 	"github.com/backy/backy/blockstore/backend/faulty"
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/source"
 )
@@ -240,7 +241,7 @@ func TestIncrementalDedup(t *testing.T) {
 	if err := e.db.RemoveVersion(v1.UID); err != nil {
 		t.Fatal(err)
 	}
-	checkDB(t, e.db)
+	metastoretest.Check(t, e.db)
 	e.mustRestoreEqual(v2.UID, b)
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend/faulty"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/restore"
 )
@@ -206,7 +207,7 @@ func putSweepRun(t *testing.T, i int, inject func(*faulty.Backend, int) *faulty.
 		t.Fatalf("backup with Put %d failing = %v, want an error wrapping %v", i, err, want)
 	}
 	inc := leftIncomplete(t, e, v)
-	checkDB(t, e.db)
+	metastoretest.Check(t, e.db)
 	e.checkValidVersionsRestore(images)
 	if inc != nil {
 		checkIncomplete(t, e, inc, a)
@@ -223,7 +224,7 @@ func putSweepRun(t *testing.T, i int, inject func(*faulty.Backend, int) *faulty.
 	}
 	v2 := e.mustBackup(a, backup.Options{})
 	images[v2.UID] = a
-	checkDB(t, e.db)
+	metastoretest.Check(t, e.db)
 	e.checkValidVersionsRestore(images)
 	return true
 }

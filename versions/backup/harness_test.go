@@ -18,6 +18,7 @@ import (
 	"github.com/backy/backy/blockstore/backend/file"
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/hints"
 	"github.com/backy/backy/versions/restore"
@@ -67,10 +68,7 @@ func (e *env) clone(t testing.TB, o blockstore.Options) *env {
 func openEnv(t testing.TB, dir string, db *metastore.DB, o blockstore.Options) *env {
 	t.Helper()
 	bs := db.BlockSize()
-	t.Cleanup(func() {
-		checkDB(t, db)
-		db.Close()
-	})
+	metastoretest.CheckOnCleanup(t, db)
 	// As the CLI configures it: directory syncs wait for the engine's
 	// flush before each commit.
 	inner, err := file.NewWithOptions(filepath.Join(dir, "data"), file.Options{DeferDirSync: true})
@@ -89,18 +87,6 @@ func openEnv(t testing.TB, dir string, db *metastore.DB, o blockstore.Options) *
 	}
 	t.Cleanup(clean.Close)
 	return &env{t: t, dir: dir, bs: bs, db: db, root: inner.Root(), fb: fb, st: st, clean: clean}
-}
-
-// checkDB fails the test on any inconsistency of the metastore.
-func checkDB(t testing.TB, db *metastore.DB) {
-	t.Helper()
-	problems, err := db.Check()
-	if err != nil {
-		t.Errorf("metastore check: %v", err)
-	}
-	for _, p := range problems {
-		t.Errorf("metastore check: %v", p)
-	}
 }
 
 var imageSeq atomic.Int64

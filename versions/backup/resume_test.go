@@ -10,6 +10,7 @@ import (
 	"github.com/backy/backy/blockstore/backend/faulty"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
+	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/hints"
 )
@@ -91,7 +92,7 @@ func TestResume(t *testing.T) {
 			if killed.BlocksDone < c.minDone || killed.BlocksDone >= killed.Blocks() {
 				t.Fatalf("killed backup has %d of %d blocks done, want at least %d", killed.BlocksDone, killed.Blocks(), c.minDone)
 			}
-			checkDB(t, e.db)
+			metastoretest.Check(t, e.db)
 			checkIncomplete(t, e, killed, data)
 			afterKill, _ := e.db.Stats()
 			committed := afterKill.Blocks - statsBefore.Blocks

@@ -19,6 +19,7 @@ import (
 	"github.com/backy/backy/blockstore/backend/file"
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/restore"
 	"github.com/backy/backy/versions/source"
@@ -40,20 +41,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	dir := t.TempDir()
-	db, err := metastore.Create(filepath.Join(dir, "backy.db"), bs, [16]byte{1}, metastore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		problems, err := db.Check()
-		if err != nil {
-			t.Errorf("metastore check: %v", err)
-		}
-		for _, p := range problems {
-			t.Errorf("metastore check: %v", p)
-		}
-		db.Close()
-	})
+	db := metastoretest.Create(t, dir, bs)
 	inner, err := file.New(filepath.Join(dir, "data"))
 	if err != nil {
 		t.Fatal(err)
