@@ -109,7 +109,9 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 		return nil, fmt.Errorf("%w: version %s is %s", ErrNotRestorable, v.UID, v.Status)
 	}
 	if o.Workers <= 0 {
-		o.Workers = runtime.GOMAXPROCS(0) + 4
+		// Reads of separate objects wait on the device one by one; more
+		// of them in flight keep it busy.
+		o.Workers = 4*runtime.GOMAXPROCS(0) + 8
 	}
 	bs, size := v.BlockSize, v.Size
 	nBlk := v.Blocks()
