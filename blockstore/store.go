@@ -79,10 +79,8 @@ func New(be backend.Backend, o Options) (*Store, error) {
 	}
 	s := &Store{be: be, opts: o}
 	if o.Compression == block.CompressionZstd {
-		lvl := zstd.EncoderLevelFromZstd(max(o.CompressionLevel, 1))
-		if o.CompressionLevel <= 1 {
-			lvl = zstd.SpeedFastest
-		}
+		// backy's levels 1..4 are the encoder's speed levels, fastest first.
+		lvl := zstd.EncoderLevel(min(max(o.CompressionLevel, 1), 4))
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderConcurrency(0))
 		if err != nil {
 			return nil, fmt.Errorf("zstd encoder: %w", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/file"
+	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/metastore"
 )
@@ -169,7 +170,7 @@ func (e *env) openData(ctx context.Context, s *store) error {
 		return fmt.Errorf("%w: the metastore %s is store %x, the data backend %s holds store %s; check %s",
 			errStoreMismatch, s.db.Path(), sid, be.Properties().Location, id.StoreID, configName(e.cfg))
 	}
-	st, err := blockstore.New(be, blockstore.Options{})
+	st, err := blockstore.New(be, storeOptions(e.cfg))
 	if err != nil {
 		return err
 	}
@@ -245,7 +246,7 @@ func (e *env) createStoreLocked(ctx context.Context, blockSize int64) (*store, e
 		return nil, err
 	}
 	s := &store{db: db, be: be}
-	st, err := blockstore.New(be, blockstore.Options{})
+	st, err := blockstore.New(be, storeOptions(cfg))
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -321,4 +322,13 @@ func jsonWanted(c *cli.Context) bool {
 		}
 	}
 	return false
+}
+
+// storeOptions turns the configuration into block store options.
+func storeOptions(cfg *config.Config) blockstore.Options {
+	o := blockstore.Options{CompressionLevel: cfg.Defaults.CompressionLevel}
+	if cfg.Defaults.Compression == "zstd" {
+		o.Compression = block.CompressionZstd
+	}
+	return o
 }

@@ -47,6 +47,11 @@ type Defaults struct {
 	// Workers is the number of parallel hashing/transform workers; 0 (the
 	// default) means one per CPU.
 	Workers int
+	// Compression of new blocks: "none" (the default) or "zstd". A block is
+	// stored compressed only if that makes it smaller.
+	Compression string
+	// CompressionLevel is the zstd level: 1 fastest (default) .. 4 best.
+	CompressionLevel int
 }
 
 // Meta holds the keys of the [MetaBackend] section.
@@ -89,8 +94,10 @@ const (
 func defaults() *Config {
 	return &Config{
 		Defaults: Defaults{
-			BlockSize: defaultBlockSize,
-			LogLevel:  defaultLogLevel,
+			BlockSize:        defaultBlockSize,
+			LogLevel:         defaultLogLevel,
+			Compression:      "none",
+			CompressionLevel: 1,
 		},
 		Meta: Meta{Type: defaultMetaType},
 		Data: Data{

@@ -58,6 +58,8 @@ func TestParseExample(t *testing.T) {
 			LogLevel:                      "info",
 			DisallowRmWhenYoungerThanDays: 0,
 			Workers:                       0,
+			Compression:                   "zstd",
+			CompressionLevel:              1,
 		},
 		Meta: Meta{Type: "bbolt", Path: filepath.Clean("/var/lib/backy/backy.db")},
 		Data: Data{Type: "file", Path: filepath.Clean("/var/lib/backy/data"), SimultaneousWrites: 4, SimultaneousReads: 4},
@@ -200,7 +202,10 @@ var errorTests = []struct {
 	{"duplicate section", required + "[MetaBackend]\n", 5, "", []string{"duplicate section [MetaBackend]", "line 1"}},
 	{"duplicate key", "[DEFAULTS]\nworkers = 1\nWorkers = 2\n" + required, 3, "workers", []string{"duplicate key", "line 2"}},
 	{"duplicate path", "[MetaBackend]\npath = /a\npath = /b\n[DataBackend]\npath = /d\n", 3, "path", []string{"[MetaBackend]", "duplicate key", "line 2"}},
-	{"unknown key", "[DEFAULTS]\ncompression = zstd\n" + required, 2, "compression", []string{"[DEFAULTS]", "unknown key", "block_size", "workers"}},
+	{"unknown key", "[DEFAULTS]\ncompresion = zstd\n" + required, 2, "compresion", []string{"[DEFAULTS]", "unknown key", "block_size", "workers"}},
+	{"compression unknown", "[DEFAULTS]\ncompression = lz4\n" + required, 2, "compression", []string{"lz4"}},
+	{"compression level too high", "[DEFAULTS]\ncompression_level = 5\n" + required, 2, "compression_level", []string{"1 fastest"}},
+	{"compression level zero", "[DEFAULTS]\ncompression_level = 0\n" + required, 2, "compression_level", nil},
 	{"process_name unsupported", "[DEFAULTS]\nprocess_name = backy\n" + required, 2, "process_name", []string{"unknown key"}},
 	{"key in wrong section", "[MetaBackend]\npath = /m\nworkers = 3\n[DataBackend]\npath = /d\n", 3, "workers", []string{"[MetaBackend]", "unknown key", "type, path"}},
 	{"unknown data key", required + "bucket = x\n", 5, "bucket", []string{"[DataBackend]", "unknown key", "simultaneous_reads"}},
@@ -430,7 +435,7 @@ func TestDefault(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
 	c := Default(dir)
 	w := &Config{
-		Defaults: Defaults{BlockSize: 4 << 20, LogLevel: "info"},
+		Defaults: Defaults{BlockSize: 4 << 20, LogLevel: "info", Compression: "none", CompressionLevel: 1},
 		Meta:     Meta{Type: "bbolt", Path: filepath.Join(dir, "backy.db")},
 		Data:     Data{Type: "file", Path: filepath.Join(dir, "data"), SimultaneousWrites: 4, SimultaneousReads: 4},
 	}

@@ -62,6 +62,19 @@ var keys = map[string][]keyDef{
 			p.cfg.Defaults.Workers = n
 			return msg
 		}},
+		{name: "compression", set: func(p *parser, v string) string {
+			s, msg := oneOf(v, "compression", "none", "zstd")
+			p.cfg.Defaults.Compression = s
+			return msg
+		}},
+		{name: "compression_level", set: func(p *parser, v string) string {
+			n, msg := parseInt(v, 1)
+			if msg == "" && n > 4 {
+				msg = fmt.Sprintf("%d is not a zstd level of backy (expected 1 fastest, 2 default, 3 better, 4 best)", n)
+			}
+			p.cfg.Defaults.CompressionLevel = n
+			return msg
+		}},
 	},
 	sectionMeta: {
 		{name: "type", set: func(p *parser, v string) string {
