@@ -8,9 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
-	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/restore"
-	"github.com/backy/backy/versions/source"
 )
 
 func cmdRestore(e *env) *cli.Command {
@@ -37,36 +35,15 @@ func cmdRestore(e *env) *cli.Command {
 			if _, err := versionArg(s.db, uid); err != nil {
 				return err
 			}
-			lk, err := s.db.LockVersion(uid, metastore.Shared)
-			if err != nil {
-				return err
-			}
-			defer lk.Unlock()
-			v, err := versionArg(s.db, uid) // as it is now that we hold the lock
-			if err != nil {
-				return err
-			}
 			force := c.Bool("force")
-			if v.Status != metastore.StatusValid && !force {
-				return fmt.Errorf("%w: version %s is %s; use --force to restore what it holds (unrestorable blocks become zeros and are listed)",
-					restore.ErrNotRestorable, uid, v.Status)
-			}
-			tgt, err := source.CreateTarget(target, v.Size, force)
-			if err != nil {
-				return err
-			}
 			prog := ui.NewProgress(os.Stderr, "restore")
-			res, err := restore.Run(c.Context, s.st, s.db, v, tgt, restore.Options{
+			res, err := restore.ToFile(c.Context, s.st, s.db, uid, target, restore.Options{
 				Sparse: c.Bool("sparse"), Force: force, Workers: e.cfg.Defaults.Workers, Logger: e.log,
 				Progress: func(p restore.Progress) { prog.Update(p.Done, p.Total) },
 			})
 			prog.Done()
-			if err != nil && !(force && errors.Is(err, restore.ErrBadBlocks)) {
-				tgt.Abort()
+			if res == nil || (err != nil && !(force && errors.Is(err, restore.ErrBadBlocks))) {
 				return err
-			}
-			if cerr := tgt.Commit(); cerr != nil {
-				return cerr
 			}
 			if e.json {
 				if jerr := ui.JSON(e.stdout, res); jerr != nil {

@@ -172,35 +172,18 @@ func (e *env) restore(uid string, o restore.Options) ([]byte, *restore.Result, e
 	return tgt.b, res, err
 }
 
-// restoreFile restores version uid to a new file, as the CLI does:
-// read-lock, create the target, run, commit (also for a forced restore with
-// bad blocks) or abort. It returns the restored bytes (nil when aborted).
+// restoreFile restores version uid to a new file with restore.ToFile, as
+// the CLI does. It returns the restored bytes (nil when the target was
+// aborted, which must leave no file behind).
 func (e *env) restoreFile(uid string, o restore.Options) ([]byte, *restore.Result, error) {
 	e.t.Helper()
-	lk, err := e.db.LockVersion(uid, metastore.Shared)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer lk.Unlock()
-	v, err := e.db.Version(uid)
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	path := filepath.Join(e.dir, fmt.Sprintf("restored-%d.raw", imageSeq.Add(1)))
-	tgt, err := source.CreateTarget(path, v.Size, false)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	res, err := restore.Run(context.Background(), e.st, e.db, v, tgt, o)
+	res, err := restore.ToFile(context.Background(), e.st, e.db, uid, path, o)
 	if err != nil && !(o.Force && errorsIsBadBlocks(err)) {
-		tgt.Abort()
 		if _, serr := os.Stat(path); !os.IsNotExist(serr) {
 			e.t.Errorf("aborted restore left %s behind", path)
 		}
 		return nil, res, err
-	}
-	if cerr := tgt.Commit(); cerr != nil {
-		e.t.Fatal(cerr)
 	}
 	b, rerr := os.ReadFile(path)
 	if rerr != nil {

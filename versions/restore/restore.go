@@ -233,6 +233,9 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 		})
 	}
 	err := g.Wait()
+	if err == nil && nBad > 0 {
+		err = fmt.Errorf("%w: %d block(s) of %s are zeros in the target", ErrBadBlocks, nBad, v.UID)
+	}
 	// Damage found is recorded whatever else happened.
 	var damaged []block.ID
 	for _, b := range res.BadBlocks {
@@ -243,17 +246,13 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 	if len(damaged) > 0 {
 		uids, merr := db.MarkInvalid(damaged)
 		if merr != nil {
-			log.Error("recording damaged blocks failed", "err", merr)
+			// The operator must learn that the damage is not on record.
+			err = errors.Join(err, fmt.Errorf("recording %d damaged block(s) as invalid failed: %w", len(damaged), merr))
+		} else {
+			res.InvalidVersions = uids
+			log.Warn("damaged blocks found and recorded", "blocks", len(damaged), "versions", uids)
 		}
-		res.InvalidVersions = uids
-		log.Warn("damaged blocks found and recorded", "blocks", len(damaged), "versions", uids)
 	}
 	res.DurationSeconds = time.Since(start).Seconds()
-	if err != nil {
-		return res, err
-	}
-	if nBad > 0 {
-		return res, fmt.Errorf("%w: %d block(s) of %s are zeros in the target", ErrBadBlocks, nBad, v.UID)
-	}
-	return res, nil
+	return res, err
 }

@@ -84,35 +84,18 @@ func (e *env) backup(data []byte, volume string) *metastore.Version {
 	return v
 }
 
-// restore runs a restore of uid into a new file the way the CLI does, and
-// returns the file's content (nil when the restore failed and the target
-// was aborted).
+// restore runs a restore of uid into a new file with ToFile, as the CLI
+// does, and returns the file's content (nil when the restore failed and the
+// target was aborted, which must leave no file behind).
 func (e *env) restore(uid string, o restore.Options) ([]byte, *restore.Result, error) {
 	e.t.Helper()
-	lk, err := e.db.LockVersion(uid, metastore.Shared)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer lk.Unlock()
-	v, err := e.db.Version(uid)
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	path := e.path("restored")
-	tgt, err := source.CreateTarget(path, v.Size, false)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	res, err := restore.Run(context.Background(), e.st, e.db, v, tgt, o)
+	res, err := restore.ToFile(context.Background(), e.st, e.db, uid, path, o)
 	if err != nil && !(o.Force && errors.Is(err, restore.ErrBadBlocks)) {
-		tgt.Abort()
 		if ents, _ := os.ReadDir(e.dir); slices.ContainsFunc(ents, func(d os.DirEntry) bool { return strings.Contains(d.Name(), "restored") }) {
 			e.t.Errorf("failed restore left a file behind")
 		}
 		return nil, res, err
-	}
-	if err := tgt.Commit(); err != nil {
-		e.t.Fatal(err)
 	}
 	b, rerr := os.ReadFile(path)
 	if rerr != nil {
