@@ -200,17 +200,18 @@ func (b *Backend) Sync(ctx context.Context) error {
 	b.mu.Unlock()
 	var first error
 	for dir := range dirs {
-		if err := ctx.Err(); err != nil && first == nil {
-			first = err
-		}
-		if first == nil {
-			if err := b.ops.syncDir(dir); err != nil {
-				first = fmt.Errorf("file backend: sync %s: %w", dir, classify(err))
-			} else {
+		// Every directory is tried (a failure of one says nothing about
+		// the others); what fails stays pending for the next call.
+		err := ctx.Err()
+		if err == nil {
+			if err = b.ops.syncDir(dir); err == nil {
 				continue
 			}
+			err = fmt.Errorf("file backend: sync %s: %w", dir, classify(err))
 		}
-		// Keep what is not synced for the next call.
+		if first == nil {
+			first = err
+		}
 		b.mu.Lock()
 		b.pendingDirs[dir] = true
 		b.mu.Unlock()
