@@ -1,6 +1,7 @@
 package metastore
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -82,6 +83,8 @@ func (db *DB) Check() ([]error, error) {
 			return nil
 		})
 		var nBlocks, stored, plain uint64
+		enc := map[uint16]EncStat{}
+		encUsed := map[uint16]bool{}
 		gc := tx.Bucket(bktGC)
 		_ = tx.Bucket(bktBlocks).ForEach(func(k, v []byte) error {
 			r, err := decodeRecord(k, v)
@@ -92,6 +95,11 @@ func (db *DB) Check() ([]error, error) {
 			nBlocks++
 			stored += uint64(r.StoredSize)
 			plain += uint64(r.Size)
+			st := enc[r.EncVersion]
+			st.Blocks++
+			st.StoredBytes += int64(r.StoredSize)
+			enc[r.EncVersion] = st
+			encUsed[r.EncVersion] = true
 			if r.Refs != blockUse[r.ID] {
 				report("block %s counts %d references, pages hold %d", r.ID.Short(), r.Refs, blockUse[r.ID])
 			}
@@ -115,6 +123,33 @@ func (db *DB) Check() ([]error, error) {
 			report("store counters (%d blocks, %d stored, %d plain) differ from the records (%d, %d, %d)",
 				getU64(m, keyBlocks), getU64(m, keyStoredBytes), getU64(m, keyPlainBytes), nBlocks, stored, plain)
 		}
+		_ = tx.Bucket(bktEncStats).ForEach(func(k, v []byte) error {
+			got, ok := decodeEncStat(v)
+			if len(k) != 2 || !ok {
+				report("encstats entry %x is malformed", k)
+				return nil
+			}
+			ev := binary.BigEndian.Uint16(k)
+			if want := enc[ev]; got != want {
+				report("encryption version %d counts %d blocks of %d bytes, the records hold %d of %d", ev, got.Blocks, got.StoredBytes, want.Blocks, want.StoredBytes)
+			}
+			delete(enc, ev)
+			return nil
+		})
+		for ev, want := range enc {
+			report("encryption version %d has %d block records but no statistics", ev, want.Blocks)
+		}
+		for ev := range encUsed {
+			if ev != 0 && tx.Bucket(bktEncVersions).Get(encKey(ev)) == nil {
+				report("blocks are stored at encryption version %d, which is not registered", ev)
+			}
+		}
+		_ = tx.Bucket(bktEncVersions).ForEach(func(k, v []byte) error {
+			if len(k) != 2 || binary.BigEndian.Uint16(k) == 0 || len(v) == 0 {
+				report("encversions entry %x is malformed", k)
+			}
+			return nil
+		})
 		return nil
 	})
 	return problems, err

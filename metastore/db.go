@@ -17,7 +17,7 @@ import (
 // CurrentSchema is the schema version this code reads and writes. Each
 // change of the bucket layout or of an encoding bumps it and adds a step in
 // package migrate.
-const CurrentSchema = 1
+const CurrentSchema = 2
 
 // Bucket and key names. They are part of the on-disk format.
 var (
@@ -29,6 +29,9 @@ var (
 	bktBlocks   = []byte("blocks")
 	bktGC       = []byte("gc")
 	bktTrash    = []byte("trash")
+	// Since schema 2.
+	bktEncVersions = []byte("encversions")
+	bktEncStats    = []byte("encstats")
 
 	keySchema      = []byte("schema")
 	keyStoreID     = []byte("store_id")
@@ -39,7 +42,7 @@ var (
 	keyPlainBytes  = []byte("plain_bytes")
 )
 
-var allBuckets = [][]byte{bktMeta, bktVersions, bktMaps, bktPages, bktPageRefs, bktBlocks, bktGC, bktTrash}
+var allBuckets = [][]byte{bktMeta, bktVersions, bktMaps, bktPages, bktPageRefs, bktBlocks, bktGC, bktTrash, bktEncVersions, bktEncStats}
 
 // Options configures a DB.
 type Options struct {

@@ -203,7 +203,10 @@ func (s *txState) addStored(r block.Record, sign int64) error {
 	if err := addU64(s.meta, keyStoredBytes, sign*int64(r.StoredSize)); err != nil {
 		return err
 	}
-	return addU64(s.meta, keyPlainBytes, sign*int64(r.Size))
+	if err := addU64(s.meta, keyPlainBytes, sign*int64(r.Size)); err != nil {
+		return err
+	}
+	return addEncStat(s.tx.Bucket(bktEncStats), r.EncVersion, sign, sign*int64(r.StoredSize))
 }
 
 // Commit applies one step of a writer atomically: it records the new

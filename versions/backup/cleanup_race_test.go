@@ -22,8 +22,8 @@ import (
 
 // simulateCleanup does what a cleanup does to an unreferenced block: it
 // deletes the object and then its record. The metastore has no API for the
-// latter yet, so this edits the database directly (schema 1: buckets
-// "blocks", "gc" and "meta" with its counters).
+// latter yet, so this edits the database directly (schema 2: buckets
+// "blocks", "gc", "meta" with its counters, and "encstats").
 func simulateCleanup(t *testing.T, e *env, id block.ID) {
 	t.Helper()
 	look := make([]metastore.Lookup, 1)
@@ -34,10 +34,10 @@ func simulateCleanup(t *testing.T, e *env, id block.ID) {
 	if err := os.Remove(filepath.Join(e.root, blockstore.ObjectName(rec.Name))); err != nil {
 		t.Fatal(err)
 	}
-	if metastore.CurrentSchema != 1 {
+	if metastore.CurrentSchema != 2 {
 		// Fail rather than skip, so a schema change updates this test
 		// (or replaces it with the cleanup API) instead of dropping it.
-		t.Fatal("simulateCleanup edits schema-1 buckets; update it for the new schema")
+		t.Fatal("simulateCleanup edits schema-2 buckets; update it for the new schema")
 	}
 	bdb, err := bolt.Open(e.db.Path(), 0o600, &bolt.Options{Timeout: 10 * time.Second})
 	if err != nil {
@@ -61,7 +61,17 @@ func simulateCleanup(t *testing.T, e *env, id block.ID) {
 				return err
 			}
 		}
-		return nil
+		enc := tx.Bucket([]byte("encstats"))
+		k := binary.BigEndian.AppendUint16(nil, rec.EncVersion)
+		v := enc.Get(k)
+		if len(v) != 16 {
+			return fmt.Errorf("no encstats for encryption version %d", rec.EncVersion)
+		}
+		n, size := binary.BigEndian.Uint64(v)-1, binary.BigEndian.Uint64(v[8:])-uint64(rec.StoredSize)
+		if n == 0 {
+			return enc.Delete(k)
+		}
+		return enc.Put(k, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, n), size))
 	})
 	if err != nil {
 		t.Fatal(err)
