@@ -26,6 +26,14 @@ type Config struct {
 	Defaults Defaults
 	Meta     Meta
 	Data     Data
+	// Encryption holds the encryption version of new blocks and the keys,
+	// from the encryption_* keys of [DEFAULTS] and the [Encryption<N>]
+	// sections.
+	Encryption Encryption
+	// Warnings are one-line messages about problems that do not make the
+	// file invalid, such as a key file readable by other users, for the
+	// caller to log. Nil if there are none.
+	Warnings []string
 }
 
 // Defaults holds the keys of the [DEFAULTS] section.
@@ -123,6 +131,9 @@ func Default(dir string) *Config {
 // not exist the error wraps [ErrNotFound] (and [fs.ErrNotExist]); other read
 // errors are returned wrapped as they are; problems in the content wrap
 // [ErrInvalid]. Files larger than 1 MiB are rejected.
+//
+// Besides the warnings of [Parse], Load warns (in Config.Warnings) if the
+// file holds a key or passphrase inline and is readable by group or others.
 func Load(path string) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -140,7 +151,19 @@ func Load(path string) (*Config, error) {
 	if len(data) > maxFileSize {
 		return nil, &parseError{name: path, msg: fmt.Sprintf("file is larger than %d bytes (expected a small INI file)", maxFileSize)}
 	}
-	return Parse(path, data)
+	c, p, err := parse(path, data)
+	if err != nil {
+		return nil, err
+	}
+	if s := p.inlineSecret; s.line > 0 && runtime.GOOS != "windows" {
+		if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o044 != 0 {
+			w := &parseError{name: p.name, line: s.line, section: s.section, key: s.key,
+				msg: fmt.Sprintf("the secret is written in the configuration file, which is readable by group or others (mode %04o; expected 0600 or 0400): restrict it with: chmod 600 %s, or move the secret to a file named by %s_file",
+					uint32(fi.Mode().Perm()), path, s.key)}
+			c.Warnings = append(c.Warnings, w.Error())
+		}
+	}
+	return c, nil
 }
 
 // DefaultHome returns the directory of the default store: $BACKY_HOME if

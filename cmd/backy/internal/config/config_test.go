@@ -67,7 +67,9 @@ func TestParseExample(t *testing.T) {
 	if !reflect.DeepEqual(c, w) {
 		t.Errorf("example parsed to\n%+v\nwant\n%+v", c, w)
 	}
-	// The example documents (and sets) every key, in its section.
+	// The example documents (and sets) every key, in its section; the
+	// encryption keys other than encryption_version are documented
+	// commented out, since setting them needs a key.
 	text := string(data)
 	for _, sec := range sectionOrder {
 		start := strings.Index(text, "\n["+sec+"]\n")
@@ -79,7 +81,11 @@ func TestParseExample(t *testing.T) {
 			body = body[:end]
 		}
 		for _, kd := range keys[sec] {
-			re := regexp.MustCompile(`(?m)^` + kd.name + ` = `)
+			prefix := ""
+			if strings.HasPrefix(kd.name, "encryption_") && kd.name != "encryption_version" {
+				prefix = "# "
+			}
+			re := regexp.MustCompile(`(?m)^` + prefix + kd.name + ` = `)
 			if !re.MatchString(body) {
 				t.Errorf("example does not set [%s] %s", sec, kd.name)
 			}
@@ -192,7 +198,7 @@ var errorTests = []struct {
 	{"empty key", "[DEFAULTS]\n= 4\n" + required, 2, "", []string{"no key", `"="`}},
 	{"empty key colon", "[DEFAULTS]\n : 4\n" + required, 2, "", []string{"no key", `":"`}},
 	{"key with space", "[DEFAULTS]\nblock size = 4MiB\n" + required, 2, "", []string{`"block size"`, "invalid key"}},
-	{"unknown section", "[Foo]\n" + required, 1, "", []string{"unknown section", `"[Foo]"`, "[DEFAULTS]", "[MetaBackend]", "[DataBackend]"}},
+	{"unknown section", "[Foo]\n" + required, 1, "", []string{"unknown section", `"[Foo]"`, "[DEFAULTS]", "[MetaBackend]", "[DataBackend]", "[EncryptionN] (N from 1 to 65535)"}},
 	{"wrong case section", "[defaults]\n" + required, 1, "", []string{"unknown section", "case-sensitive", "did you mean [DEFAULTS]"}},
 	{"wrong case section 2", required + "[metabackend]\n", 5, "", []string{"did you mean [MetaBackend]"}},
 	{"spaces in section", "[ DEFAULTS ]\n" + required, 1, "", []string{"did you mean [DEFAULTS]"}},
@@ -261,37 +267,47 @@ var errorTests = []struct {
 func TestParseErrors(t *testing.T) {
 	for _, tt := range errorTests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse("backy.cfg", []byte(tt.in))
-			if err == nil {
-				t.Fatalf("Parse succeeded: %+v", c)
-			}
-			if c != nil {
-				t.Errorf("Parse returned a config with the error %v", err)
-			}
-			if !errors.Is(err, ErrInvalid) {
-				t.Errorf("error %q does not wrap ErrInvalid", err)
-			}
-			msg := err.Error()
-			prefix := "backy.cfg: "
-			if tt.line > 0 {
-				prefix = "backy.cfg:" + strconv.Itoa(tt.line) + ": "
-			}
-			if !strings.HasPrefix(msg, prefix) {
-				t.Errorf("message %q does not start with %q", msg, prefix)
-			}
-			if tt.key != "" && !strings.Contains(msg, " "+tt.key+": ") {
-				t.Errorf("message %q does not name key %q", msg, tt.key)
-			}
-			for _, s := range tt.contains {
-				if !strings.Contains(msg, s) {
-					t.Errorf("message %q does not contain %q", msg, s)
-				}
-			}
-			if strings.ContainsAny(msg, "\n\r") {
-				t.Errorf("message %q is not one line", msg)
-			}
+			checkParseError(t, tt.in, tt.line, tt.key, tt.contains)
 		})
 	}
+}
+
+// checkParseError checks that parsing in as "backy.cfg" fails with a
+// one-line message that starts with "backy.cfg:<line>: " (or "backy.cfg: "
+// if line is 0) and contains key (if any) and every string of contains.
+// It returns the message.
+func checkParseError(t *testing.T, in string, line int, key string, contains []string) string {
+	t.Helper()
+	c, err := Parse("backy.cfg", []byte(in))
+	if err == nil {
+		t.Fatalf("Parse succeeded: %+v", c)
+	}
+	if c != nil {
+		t.Errorf("Parse returned a config with the error %v", err)
+	}
+	if !errors.Is(err, ErrInvalid) {
+		t.Errorf("error %q does not wrap ErrInvalid", err)
+	}
+	msg := err.Error()
+	prefix := "backy.cfg: "
+	if line > 0 {
+		prefix = "backy.cfg:" + strconv.Itoa(line) + ": "
+	}
+	if !strings.HasPrefix(msg, prefix) {
+		t.Errorf("message %q does not start with %q", msg, prefix)
+	}
+	if key != "" && !strings.Contains(msg, " "+key+": ") {
+		t.Errorf("message %q does not name key %q", msg, key)
+	}
+	for _, s := range contains {
+		if !strings.Contains(msg, s) {
+			t.Errorf("message %q does not contain %q", msg, s)
+		}
+	}
+	if strings.ContainsAny(msg, "\n\r") {
+		t.Errorf("message %q is not one line", msg)
+	}
+	return msg
 }
 
 func TestErrorMessageExample(t *testing.T) {

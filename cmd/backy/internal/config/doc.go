@@ -19,9 +19,12 @@
 //
 // Syntax rules:
 //
-//   - Only the sections [DEFAULTS], [MetaBackend] and [DataBackend] exist;
-//     section names are case-sensitive and each may appear at most once.
-//     Any other section is an error.
+//   - Only the sections [DEFAULTS], [MetaBackend], [DataBackend] and
+//     [Encryption1] to [Encryption65535] exist (an encryption section is
+//     "Encryption" followed by a decimal version from 1 to 65535 without
+//     leading zeros); section names are case-sensitive and each may appear
+//     at most once. Any other section, such as [Encryption0],
+//     [Encryption01] or [EncryptionX], is an error.
 //   - Settings are "key = value" or "key: value" lines. Keys are
 //     case-insensitive (they are stored lower-case) and made of letters,
 //     digits and underscores; whitespace around key and value is trimmed.
@@ -30,7 +33,9 @@
 //   - A line whose first non-blank character is '#' or ';' is a comment;
 //     blank lines are ignored. Inline comments are NOT supported: in
 //     "path = /srv/a#b" the value is "/srv/a#b", and in "workers = 4 # x"
-//     the value "4 # x" is rejected as not an integer.
+//     the value "4 # x" is rejected as not an integer. The same holds for
+//     inline passphrases: the value is the rest of the line with leading
+//     and trailing whitespace trimmed.
 //   - Sizes are a plain number of bytes or a number with one of the binary
 //     suffixes KiB, MiB, GiB (or K, M, G meaning the same), case-insensitive,
 //     e.g. 4194304, 4MiB, 4m, 4096 KiB.
@@ -38,6 +43,38 @@
 //     file; a leading "~/" (or a path of just "~") is replaced by the user's
 //     home directory. "~user" forms are not supported. All paths in a parsed
 //     [Config] are absolute and cleaned.
+//
+// # Encryption
+//
+// [DEFAULTS] encryption_version (0 to 65535, default 0) is the encryption
+// version new blocks are written with; 0 writes them unencrypted. The key
+// of a version N >= 1 is given either in [DEFAULTS], next to
+// encryption_version = N, by at most one of
+//
+//	encryption_key = <64 hexadecimal digits>
+//	encryption_key_file = <path of a file holding 64 hexadecimal digits>
+//	encryption_passphrase = <passphrase>
+//	encryption_passphrase_file = <path of a file holding the passphrase>
+//
+// with encryption_cipher = aes-256-gcm (the default) or xchacha20-poly1305,
+// or in an [EncryptionN] section by exactly one of key, key_file,
+// passphrase, passphrase_file, with cipher = (default aes-256-gcm). The
+// [EncryptionN] sections also hold the keys of older versions, needed to
+// read the blocks written with them. It is an error to set key material
+// (or encryption_cipher) in [DEFAULTS] while encryption_version is 0, to
+// give a version a key both in [DEFAULTS] and in its section, to set
+// encryption_cipher in [DEFAULTS] when the key of encryption_version is in
+// an [EncryptionN] section, and to set encryption_version = N without a key
+// for N.
+//
+// Key and passphrase files are read while parsing (at most 64 KiB). A key
+// file holds 64 hexadecimal digits (e.g. the output of openssl rand -hex
+// 32); whitespace around them is ignored. A passphrase file holds the
+// passphrase; one trailing "\n" or "\r\n" is removed and the rest, which
+// must not be empty, is the passphrase. A key or passphrase file readable
+// by group or others gives a warning in Config.Warnings, not an error.
+// The result is [Config].Encryption; [Config.KeyFor] looks a version's key
+// up. Error messages and [Key.String] never show key material.
 //
 // Every problem in a file is reported as one error wrapping [ErrInvalid]
 // whose one-line message names the file, the line, the section and key,

@@ -2,8 +2,10 @@ package config
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -38,6 +40,115 @@ func checkValid(t *testing.T, c *Config) {
 	if c.Meta.Path == "" || c.Data.Path == "" {
 		t.Errorf("empty path: Meta.Path %q, Data.Path %q", c.Meta.Path, c.Data.Path)
 	}
+	e := c.Encryption
+	last := 0
+	for _, k := range e.Keys {
+		if int(k.Version) <= last {
+			t.Errorf("keys not sorted by version or version 0: %v", e.Keys)
+		}
+		last = int(k.Version)
+		if k.Cipher != "aes-256-gcm" && k.Cipher != "xchacha20-poly1305" {
+			t.Errorf("invalid cipher %q", k.Cipher)
+		}
+		if (k.Key == nil) == (k.Passphrase == nil) || k.Key != nil && len(k.Key) != 32 || k.Passphrase != nil && len(k.Passphrase) == 0 {
+			t.Errorf("%v: key %d bytes, passphrase %d bytes", k, len(k.Key), len(k.Passphrase))
+		}
+		if k.Origin == "" {
+			t.Errorf("%v: no origin", k)
+		}
+		if got, ok := c.KeyFor(k.Version); !ok || !reflect.DeepEqual(got, k) {
+			t.Errorf("KeyFor(%d) = %v, %v", k.Version, got, ok)
+		}
+	}
+	if e.Keys != nil && len(e.Keys) == 0 {
+		t.Error("Keys is empty, not nil")
+	}
+	if e.Version == 0 {
+		if e.Cipher != "" {
+			t.Errorf("cipher %q with encryption version 0", e.Cipher)
+		}
+	} else if k, ok := c.KeyFor(e.Version); !ok || k.Cipher != e.Cipher {
+		t.Errorf("encryption version %d (%s): KeyFor = %v, %v", e.Version, e.Cipher, k, ok)
+	}
+	for _, w := range c.Warnings {
+		if w == "" || strings.ContainsAny(w, "\n\r") {
+			t.Errorf("bad warning %q", w)
+		}
+	}
+}
+
+// fuzzSecretFiles stands in for the key and passphrase files while
+// fuzzing, by base name: key* is a key file, wkey* one readable by others,
+// pass* a passphrase file, bad* a file that is neither, anything else does
+// not exist.
+func fuzzSecretFiles(path string, limit int64) ([]byte, fs.FileMode, error) {
+	base := filepath.Base(path)
+	switch {
+	case strings.HasPrefix(base, "key"):
+		return []byte(hexKey1 + "\n"), 0o600, nil
+	case strings.HasPrefix(base, "wkey"):
+		return []byte(hexKey2), 0o644, nil
+	case strings.HasPrefix(base, "pass"):
+		return []byte("file passphrase\n"), 0o400, nil
+	case strings.HasPrefix(base, "bad"):
+		return []byte("not a key\n"), 0o600, nil
+	}
+	return nil, 0, &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
+}
+
+// maskSecrets returns in with every character of the values of the keys
+// holding secrets (encryption_key, encryption_passphrase, key, passphrase)
+// replaced by another of the same class: another hexadecimal digit for a
+// hexadecimal digit, another letter for a letter, the same character for
+// anything else. Also the rest of a line without separator that starts with
+// such a key. Parsing the result must give the same messages: messages do
+// not depend on secrets.
+func maskSecrets(in string) string {
+	lines := strings.Split(in, "\n")
+	for i, line := range lines {
+		s := line
+		if i == 0 {
+			s = strings.TrimPrefix(s, "\uFEFF")
+		}
+		trimmed := strings.TrimSpace(s)
+		start := -1
+		if j := strings.IndexAny(trimmed, "=:"); j >= 0 {
+			switch strings.ToLower(strings.TrimSpace(trimmed[:j])) {
+			case "encryption_key", "encryption_passphrase", "key", "passphrase":
+				start = j + 1
+			}
+		} else if name, ok := secretKeyPrefix(trimmed); ok {
+			start = len(name)
+		}
+		if start < 0 || trimmed == "" || trimmed[0] == '#' || trimmed[0] == ';' || trimmed[0] == '[' {
+			continue
+		}
+		// trimmed is line without its leading and trailing blanks (and
+		// BOM); mask from its start + start on.
+		b := []byte(line)
+		for j := strings.Index(line, trimmed) + start; j < len(b); j++ {
+			b[j] = maskByte(b[j])
+		}
+		lines[i] = string(b)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func maskByte(c byte) byte {
+	rot := func(c, lo, n byte) byte { return lo + (c-lo+1)%n }
+	switch {
+	case c >= '0' && c <= '9':
+		return rot(c, '0', 10)
+	case c >= 'a' && c <= 'f':
+		return rot(c, 'a', 6)
+	case c >= 'A' && c <= 'F':
+		return rot(c, 'A', 6)
+	case c >= 'g' && c <= 'z':
+		return rot(c, 'g', 20)
+	case c >= 'G' && c <= 'Z':
+		return rot(c, 'G', 20)
+	}
+	return c
 }
 
 // checkParsed checks the rules that hold for configs read from a file on
@@ -69,8 +180,37 @@ func FuzzParse(f *testing.F) {
 	for _, tt := range errorTests {
 		f.Add(tt.in)
 	}
+	for _, tt := range encryptionErrorTests {
+		f.Add(tt.in)
+	}
+	for _, in := range []string{
+		"[DEFAULTS]\nencryption_version = 3\nencryption_cipher = xchacha20-poly1305\nencryption_key_file = /k/key3\n[Encryption1]\npassphrase = p1\n[Encryption2]\ncipher = aes-256-gcm\nkey = " + hexKey2 + "\n",
+		"[DEFAULTS]\nencryption_version = 1\nencryption_passphrase_file = pass\n[Encryption2]\nkey_file = ~/wkey\n",
+		"[DEFAULTS]\nencryption_version = 2\n[Encryption2]\npassphrase_file = /p/passphrase\n[Encryption65535]\nkey_file = bad\n",
+		"[Encryption7]\nkey = " + hexKey3 + "\n[Encryption8]\npassphrase: a=b\n",
+		"[DEFAULTS]\nencryption_version = 9\nencryption_key = " + hexKey1 + "\n",
+		"[DEFAULTS]\nencryption_passphrase hunter2\n",
+		"[encryption1]\n[Encryption01]\n",
+	} {
+		f.Add(required + in)
+	}
+	old := readSecretFile
+	readSecretFile = fuzzSecretFiles
+	f.Cleanup(func() { readSecretFile = old })
 	f.Fuzz(func(t *testing.T, in string) {
 		c, err := Parse("backy.cfg", []byte(in))
+		// Messages and warnings do not depend on secrets.
+		if masked := maskSecrets(in); masked != in {
+			mc, merr := Parse("backy.cfg", []byte(masked))
+			switch {
+			case (err == nil) != (merr == nil):
+				t.Errorf("masking secrets changed the error %v to %v", err, merr)
+			case err != nil && err.Error() != merr.Error():
+				t.Errorf("message depends on a secret:\n%s\n%s", err, merr)
+			case err == nil && !reflect.DeepEqual(c.Warnings, mc.Warnings):
+				t.Errorf("warnings depend on a secret:\n%q\n%q", c.Warnings, mc.Warnings)
+			}
+		}
 		if err != nil {
 			if c != nil {
 				t.Errorf("config %+v returned with error %v", c, err)
@@ -87,7 +227,7 @@ func FuzzParse(f *testing.F) {
 		checkParsed(t, c)
 		// Parsing is deterministic.
 		c2, err := Parse("backy.cfg", []byte(in))
-		if err != nil || *c2 != *c {
+		if err != nil || !reflect.DeepEqual(c2, c) {
 			t.Errorf("second parse differs: %+v, %v", c2, err)
 		}
 	})

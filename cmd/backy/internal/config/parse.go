@@ -16,7 +16,9 @@ const (
 	sectionData     = "DataBackend"
 )
 
-// sectionOrder lists the sections in the order used in messages.
+// sectionOrder lists the sections with a fixed name in the order used in
+// messages. The [Encryption<N>] sections (see encryptionSectionVersion) come
+// after them.
 var sectionOrder = []string{sectionDefaults, sectionMeta, sectionData}
 
 // keyDef describes one key: its lower-case name, whether it must be
@@ -30,9 +32,10 @@ type keyDef struct {
 	set      func(p *parser, value string) string
 }
 
-// keys holds the known keys of each section, in documentation order.
+// keys holds the known keys of each section with a fixed name, in
+// documentation order; see keysOf.
 var keys = map[string][]keyDef{
-	sectionDefaults: {
+	sectionDefaults: append([]keyDef{
 		{name: "block_size", set: func(p *parser, v string) string {
 			n, msg := parseBlockSize(v)
 			p.cfg.Defaults.BlockSize = n
@@ -75,7 +78,7 @@ var keys = map[string][]keyDef{
 			p.cfg.Defaults.CompressionLevel = n
 			return msg
 		}},
-	},
+	}, encryptionDefaultsKeys...),
 	sectionMeta: {
 		{name: "type", set: func(p *parser, v string) string {
 			s, msg := oneOf(v, "metadata backend type", "bbolt")
@@ -118,6 +121,14 @@ var keys = map[string][]keyDef{
 	},
 }
 
+// keysOf returns the known keys of section, nil for an unknown section.
+func keysOf(section string) []keyDef {
+	if _, ok := encryptionSectionVersion(section); ok {
+		return encryptionKeys
+	}
+	return keys[section]
+}
+
 // userHomeDir is os.UserHomeDir; a variable so tests can replace it.
 var userHomeDir = os.UserHomeDir
 
@@ -157,6 +168,22 @@ type parser struct {
 	cfg         *Config
 	sectionLine map[string]int            // section -> line of its header
 	keyLine     map[string]map[string]int // section -> key -> line
+
+	// The setting being stored, for set functions.
+	line         int
+	section, key string
+
+	curEnc       *encSection   // the current section if it is [Encryption<N>]
+	enc          []*encSection // in file order
+	defMat       *material     // key material in [DEFAULTS]
+	defCipher    string        // [DEFAULTS] encryption_cipher if set
+	inlineSecret keyRef        // the first key with a secret value, if any
+}
+
+// keyRef names one setting of the file.
+type keyRef struct {
+	line         int
+	section, key string
 }
 
 // Parse parses data, the content of a configuration file named name. The
@@ -169,6 +196,12 @@ type parser struct {
 // [DataBackend] path are required. Every error wraps [ErrInvalid] and has a
 // one-line message naming the file, line, section and key.
 func Parse(name string, data []byte) (*Config, error) {
+	c, _, err := parse(name, data)
+	return c, err
+}
+
+// parse is Parse, also returning the parser for what Load needs to know.
+func parse(name string, data []byte) (*Config, *parser, error) {
 	p := &parser{
 		name:        name,
 		cfg:         defaults(),
@@ -179,21 +212,21 @@ func Parse(name string, data []byte) (*Config, error) {
 		p.name = "<input>"
 		wd, err := os.Getwd()
 		if err != nil {
-			return nil, &parseError{name: p.name, msg: fmt.Sprintf("cannot resolve relative paths: %v", err)}
+			return nil, nil, &parseError{name: p.name, msg: fmt.Sprintf("cannot resolve relative paths: %v", err)}
 		}
 		p.base = wd
 	} else {
 		abs, err := filepath.Abs(name)
 		if err != nil {
-			return nil, &parseError{name: p.name, msg: fmt.Sprintf("cannot make the file name absolute: %v", err)}
+			return nil, nil, &parseError{name: p.name, msg: fmt.Sprintf("cannot make the file name absolute: %v", err)}
 		}
 		p.cfg.File = abs
 		p.base = filepath.Dir(abs)
 	}
 	if err := p.parse(string(data)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return p.cfg, nil
+	return p.cfg, p, nil
 }
 
 func (p *parser) errf(line int, section, key, format string, args ...any) error {
@@ -219,6 +252,10 @@ func (p *parser) parse(text string) error {
 		}
 		k, v, ok := splitKeyValue(s)
 		if !ok {
+			if name, secret := secretKeyPrefix(s); secret {
+				// The rest of the line may be the secret.
+				return p.errf(line, section, "", "a line starting with %s (the rest is not shown) is neither a [section] header, a key = value setting nor a comment (expected %s = <value>)", quote(name), name)
+			}
 			return p.errf(line, "", "", "%s is neither a [section] header, a key = value setting nor a comment", quote(s))
 		}
 		if k == "" {
@@ -249,13 +286,35 @@ func (p *parser) parse(text string) error {
 			return p.errf(0, sec, kd.name, "required key is missing: the file has no [%s] section (add one with %s = <%s>)", sec, kd.name, kd.what)
 		}
 	}
-	return nil
+	return p.finishEncryption()
 }
 
-// sectionList returns "[DEFAULTS], [MetaBackend] or [DataBackend]".
+// sectionList returns "[DEFAULTS], [MetaBackend], [DataBackend] or
+// [EncryptionN] (N from 1 to 65535)".
 func sectionList() string {
-	n := len(sectionOrder)
-	return "[" + strings.Join(sectionOrder[:n-1], "], [") + "] or [" + sectionOrder[n-1] + "]"
+	return "[" + strings.Join(sectionOrder, "], [") + "] or [" + sectionEncryption + "N] (N from 1 to 65535)"
+}
+
+// suggestSection returns the section name meant by name, which differs only
+// in case or blanks, or "".
+func suggestSection(name string) string {
+	squeezed := strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' {
+			return -1
+		}
+		return r
+	}, name)
+	for _, known := range sectionOrder {
+		if strings.EqualFold(squeezed, known) {
+			return known
+		}
+	}
+	if n := len(sectionEncryption); len(squeezed) > n && strings.EqualFold(squeezed[:n], sectionEncryption) {
+		if _, ok := encryptionSectionVersion(sectionEncryption + squeezed[n:]); ok {
+			return sectionEncryption + squeezed[n:]
+		}
+	}
+	return ""
 }
 
 // header handles a line starting with '[' and returns the section name.
@@ -264,11 +323,13 @@ func (p *parser) header(line int, s string) (string, error) {
 		return "", p.errf(line, "", "", "malformed section header %s (expected [name] alone on the line; inline comments are not supported)", quote(s))
 	}
 	name := s[1 : len(s)-1]
-	if _, ok := keys[name]; !ok {
-		for _, known := range sectionOrder {
-			if strings.EqualFold(strings.TrimSpace(name), known) {
-				return "", p.errf(line, "", "", "unknown section %s (section names are case-sensitive and written without spaces: did you mean [%s]?)", quote("["+name+"]"), known)
-			}
+	if keysOf(name) == nil {
+		if known := suggestSection(name); known != "" {
+			return "", p.errf(line, "", "", "unknown section %s (section names are case-sensitive and written without spaces: did you mean [%s]?)", quote("["+name+"]"), known)
+		}
+		if strings.HasPrefix(name, sectionEncryption) {
+			_, msg := parseEncryptionSection(name)
+			return "", p.errf(line, "", "", "invalid encryption section %s: %s", quote("["+name+"]"), msg)
 		}
 		return "", p.errf(line, "", "", "unknown section %s (expected %s)", quote("["+name+"]"), sectionList())
 	}
@@ -277,20 +338,26 @@ func (p *parser) header(line int, s string) (string, error) {
 	}
 	p.sectionLine[name] = line
 	p.keyLine[name] = map[string]int{}
+	p.curEnc = nil
+	if v, ok := encryptionSectionVersion(name); ok {
+		p.curEnc = &encSection{version: v, line: line}
+		p.enc = append(p.enc, p.curEnc)
+	}
 	return name, nil
 }
 
 func (p *parser) setKey(line int, section, key, value string) error {
+	defs := keysOf(section)
 	var kd *keyDef
-	for i := range keys[section] {
-		if keys[section][i].name == key {
-			kd = &keys[section][i]
+	for i := range defs {
+		if defs[i].name == key {
+			kd = &defs[i]
 			break
 		}
 	}
 	if kd == nil {
-		names := make([]string, len(keys[section]))
-		for i, k := range keys[section] {
+		names := make([]string, len(defs))
+		for i, k := range defs {
 			names[i] = k.name
 		}
 		return p.errf(line, section, key, "unknown key (expected one of %s)", strings.Join(names, ", "))
@@ -299,6 +366,7 @@ func (p *parser) setKey(line int, section, key, value string) error {
 		return p.errf(line, section, key, "duplicate key (first set on line %d; each key may be set once per section)", first)
 	}
 	p.keyLine[section][key] = line
+	p.line, p.section, p.key = line, section, key
 	if msg := kd.set(p, value); msg != "" {
 		if strings.ContainsAny(value, "#;") {
 			msg += "; note: inline comments are not supported"
