@@ -108,6 +108,20 @@ func (s *Store) EncVersion() uint16 {
 	return s.opts.Key.EncVersion
 }
 
+// CanOpen reports whether the store can open objects of encryption
+// version v: nil, or an error wrapping object.ErrNoKey that names the
+// version.
+func (s *Store) CanOpen(v uint16) error {
+	if v == 0 {
+		return nil
+	}
+	if s.opts.Keys == nil {
+		return fmt.Errorf("%w: blocks of encryption version %d need its key, and no key is configured", object.ErrNoKey, v)
+	}
+	_, err := s.opts.Keys.Key(v)
+	return err
+}
+
 func (s *Store) getBuf() *[]byte {
 	if b, ok := s.bufs.Get().(*[]byte); ok {
 		return b

@@ -63,7 +63,7 @@ func newApp(e *env) *cli.App {
 		},
 		Commands: []*cli.Command{
 			cmdInit(e), cmdBackup(e), cmdRestore(e), cmdLs(e), cmdRm(e),
-			cmdProtect(e, true), cmdProtect(e, false), cmdStats(e), cmdVersion(e),
+			cmdProtect(e, true), cmdProtect(e, false), cmdStats(e), cmdMigrateEncryption(e), cmdVersion(e),
 		},
 		CommandNotFound: func(c *cli.Context, name string) {
 			e.unknownCommand = name

@@ -62,6 +62,11 @@ func cmdBackup(e *env) *cli.Command {
 				return err
 			}
 			defer s.Close()
+			// Keys are verified here, before the source is read.
+			bst, err := s.blocks(c.Context)
+			if err != nil {
+				return err
+			}
 			opts := backup.Options{
 				Volume: volume, Snapshot: c.String("snapshot"), Labels: labels, Hints: extents,
 				Resume: c.String("resume"), Workers: e.cfg.Defaults.Workers, Logger: e.log,
@@ -76,7 +81,7 @@ func cmdBackup(e *env) *cli.Command {
 			}
 			prog := ui.NewProgress(os.Stderr, "backup")
 			opts.Progress = func(p backup.Progress) { prog.Update(p.Done, p.Total) }
-			v, err := backup.Run(c.Context, s.st, s.db, src, opts)
+			v, err := backup.Run(c.Context, bst, s.db, src, opts)
 			prog.Done()
 			if err != nil {
 				if v != nil && v.UID != "" && !errors.Is(err, backup.ErrBadResume) {

@@ -35,12 +35,22 @@ func cmdInit(e *env) *cli.Command {
 				return err
 			}
 			defer s.Close()
-			out := map[string]any{"metastore": e.cfg.Meta.Path, "data": s.be.Properties().Location, "block_size": bs}
+			// Register the configured encryption version's key now, so
+			// that the store holds its key id (and KDF salt) from the start.
+			if _, err := s.blocks(c.Context); err != nil {
+				return fmt.Errorf("store created, but its key could not be registered: %w", err)
+			}
+			ev := e.cfg.Encryption.Version
+			out := map[string]any{"metastore": e.cfg.Meta.Path, "data": s.be.Properties().Location, "block_size": bs, "encryption_version": ev}
 			if e.json {
 				return ui.JSON(e.stdout, out)
 			}
-			_, err = fmt.Fprintf(e.stdout, "created store: metastore %s, data %s, block size %s\n",
-				filepath.Clean(e.cfg.Meta.Path), s.be.Properties().Location, ui.Bytes(bs))
+			enc := "off"
+			if ev > 0 {
+				enc = fmt.Sprintf("version %d", ev)
+			}
+			_, err = fmt.Fprintf(e.stdout, "created store: metastore %s, data %s, block size %s, encryption %s\n",
+				filepath.Clean(e.cfg.Meta.Path), s.be.Properties().Location, ui.Bytes(bs), enc)
 			return err
 		},
 	}

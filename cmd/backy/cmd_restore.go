@@ -37,7 +37,11 @@ func cmdRestore(e *env) *cli.Command {
 			}
 			force := c.Bool("force")
 			prog := ui.NewProgress(os.Stderr, "restore")
-			res, err := restore.ToFile(c.Context, s.st, s.db, uid, target, restore.Options{
+			bst, err := s.blocks(c.Context)
+			if err != nil {
+				return err
+			}
+			res, err := restore.ToFile(c.Context, bst, s.db, uid, target, restore.Options{
 				Sparse: c.Bool("sparse"), Force: force, Workers: e.cfg.Defaults.Workers, Logger: e.log,
 				Progress: func(p restore.Progress) { prog.Update(p.Done, p.Total) },
 			})

@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/metastore"
 )
 
 func cmdStats(e *env) *cli.Command {
@@ -37,14 +40,34 @@ func cmdStats(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			if e.json {
-				return ui.JSON(e.stdout, st)
+			enc, err := s.db.EncStats()
+			if err != nil {
+				return err
 			}
-			return ui.Table(e.stdout, []string{"FIELD", "VALUE"}, [][]string{
+			if e.json {
+				byVersion := map[string]metastore.EncStat{}
+				for v, es := range enc {
+					byVersion[fmt.Sprint(v)] = es
+				}
+				return ui.JSON(e.stdout, struct {
+					metastore.StoreStats
+					Encryption map[string]metastore.EncStat `json:"blocks_by_encryption_version"`
+				}{st, byVersion})
+			}
+			rows := [][]string{
 				{"versions", fmt.Sprint(st.Versions)}, {"stored blocks", fmt.Sprint(st.Blocks)},
 				{"stored bytes", ui.Bytes(st.StoredBytes)}, {"plain bytes", ui.Bytes(st.PlainBytes)},
 				{"unreferenced blocks", fmt.Sprint(st.Unreferenced)}, {"block size", ui.Bytes(st.BlockSize)}, {"created", st.Created},
-			})
+			}
+			evs := slices.Sorted(maps.Keys(enc))
+			for _, v := range evs {
+				what := fmt.Sprintf("blocks at encryption version %d", v)
+				if v == 0 {
+					what = "blocks unencrypted (version 0)"
+				}
+				rows = append(rows, []string{what, fmt.Sprintf("%d (%s)", enc[v].Blocks, ui.Bytes(enc[v].StoredBytes))})
+			}
+			return ui.Table(e.stdout, []string{"FIELD", "VALUE"}, rows)
 		}),
 	}
 }

@@ -11,9 +11,11 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/blockstore/keyring"
 	"github.com/backy/backy/blockstore/object"
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/migrate/reencrypt"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/hints"
@@ -44,6 +46,8 @@ var (
 	errInterrupted = errors.New("interrupted")
 	errUsage       = errors.New("usage")
 	errExitCode    = errors.New("exit code set")
+	// errConfigTarget: migrate-encryption has no target version.
+	errConfigTarget = errors.New("no encryption version to migrate to: set encryption_version and its key in the configuration, or pass --to N")
 )
 
 // usageErr reports a command-line mistake.
@@ -63,18 +67,19 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return exitNoSpace
-	case errors.Is(err, config.ErrInvalid), errors.Is(err, errStoreMismatch):
+	case errors.Is(err, config.ErrInvalid), errors.Is(err, errStoreMismatch), errors.Is(err, errConfigTarget):
 		return exitConfig
 	case errors.Is(err, metastore.ErrNewerSchema), errors.Is(err, object.ErrNewerFormat):
 		return exitIncompatible
 	case errors.Is(err, metastore.ErrLocked), errors.Is(err, metastore.ErrBusy):
 		return exitLocked
-	case errors.Is(err, object.ErrNoKey), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, fs.ErrPermission):
+	case errors.Is(err, object.ErrNoKey), errors.Is(err, keyring.ErrWrongKey), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, fs.ErrPermission):
 		return exitNoPerm
 	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged):
 		return exitDataErr
 	case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrMissing), errors.Is(err, restore.ErrNotRestorable),
-		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky):
+		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky),
+		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, keyring.ErrBadRegistration):
 		return exitIntegrity
 	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists):
 		return exitCantCreate

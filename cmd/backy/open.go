@@ -19,6 +19,7 @@ import (
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/migrate"
 )
 
 var (
@@ -39,8 +40,10 @@ type env struct {
 	unknownCommand string
 }
 
-// store is an open store: metastore, backend and block store.
+// store is an open store: metastore, backend and, once a command asks for
+// it (see blocks), the block store.
 type store struct {
+	e  *env
 	db *metastore.DB
 	be backend.Backend
 	st *blockstore.Store
@@ -84,6 +87,9 @@ func (e *env) setup(c *cli.Context) error {
 		handlers = append(handlers, slog.NewTextHandler(f, &slog.HandlerOptions{Level: fl}))
 	}
 	e.log = slog.New(multiHandler(handlers))
+	for _, w := range cfg.Warnings {
+		e.log.Warn(w)
+	}
 	metastore.SetHolderName("backy " + c.Command.Name)
 	return nil
 }
@@ -128,14 +134,14 @@ func (e *env) openStoreInner(ctx context.Context) (*store, error) {
 // openExisting opens a store that exists.
 func (e *env) openExisting(ctx context.Context) (*store, error) {
 	cfg := e.cfg
-	db, err := metastore.Open(cfg.Meta.Path, metastore.Options{})
+	db, err := migrate.Open(ctx, cfg.Meta.Path, metastore.Options{}, migrate.Options{Notify: func(s string) { fmt.Fprintln(e.stderr, s) }})
 	if err != nil {
 		if errors.Is(err, metastore.ErrNoStore) {
 			return nil, fmt.Errorf("%w: run 'backy init' first (config: %s)", err, configName(cfg))
 		}
 		return nil, err
 	}
-	s := &store{db: db}
+	s := &store{e: e, db: db}
 	if err := e.openData(ctx, s); err != nil {
 		s.Close()
 		return nil, err
@@ -170,11 +176,6 @@ func (e *env) openData(ctx context.Context, s *store) error {
 		return fmt.Errorf("%w: the metastore %s is store %x, the data backend %s holds store %s; check %s",
 			errStoreMismatch, s.db.Path(), sid, be.Properties().Location, id.StoreID, configName(e.cfg))
 	}
-	st, err := blockstore.New(be, storeOptions(e.cfg))
-	if err != nil {
-		return err
-	}
-	s.st = st
 	return nil
 }
 
@@ -245,13 +246,7 @@ func (e *env) createStoreLocked(ctx context.Context, blockSize int64) (*store, e
 		_ = be.Close()
 		return nil, err
 	}
-	s := &store{db: db, be: be}
-	st, err := blockstore.New(be, storeOptions(cfg))
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	s.st = st
+	s := &store{e: e, db: db, be: be}
 	e.log.Info("store created", "metastore", cfg.Meta.Path, "data", be.Properties().Location, "block_size", blockSize)
 	return s, nil
 }

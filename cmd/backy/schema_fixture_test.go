@@ -5,9 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -120,8 +123,9 @@ func TestWriteSchemaFixture(t *testing.T) {
 }
 
 // TestSchemaFixtures opens a copy of every past schema's fixture with this
-// backy (upgrading it when it is older) and restores every version
-// bit-identically.
+// backy and restores every version bit-identically. An older fixture is
+// upgraded by the first command, which says so in one line on stderr and
+// keeps the old database, byte for byte, as backy.db.pre-<current schema>.
 func TestSchemaFixtures(t *testing.T) {
 	dirs, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "schema-*"))
 	if len(dirs) == 0 {
@@ -139,19 +143,34 @@ func TestSchemaFixtures(t *testing.T) {
 		}
 		seen[ff.Schema] = true
 		t.Run(filepath.Base(dir), func(t *testing.T) {
+			orig, err := os.ReadFile(filepath.Join(dir, "store", "backy.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
 			home := filepath.Join(t.TempDir(), "store")
 			if err := os.CopyFS(home, os.DirFS(filepath.Join(dir, "store"))); err != nil {
 				t.Fatal(err)
 			}
 			t.Setenv("BACKY_HOME", home)
 			t.Setenv("BACKY_CONFIG", "")
-			for _, im := range ff.Images {
+			dbPath := filepath.Join(home, "backy.db")
+			kept := dbPath + ".pre-" + strconv.Itoa(metastore.CurrentSchema)
+			announce := fmt.Sprintf("backy: upgraded metastore %s from schema %d to %d (the old database is kept as %s)",
+				dbPath, ff.Schema, metastore.CurrentSchema, kept)
+			for i, im := range ff.Images {
 				var out, errb bytes.Buffer
 				e := &env{stdout: &out, stderr: &errb, getenv: os.Getenv}
 				app := newApp(e)
 				target := filepath.Join(t.TempDir(), im.Name+".img")
 				if err := app.Run([]string{"backy", "restore", im.UID, target}); err != nil {
 					t.Fatalf("restore %s: %v (%s)", im.UID, err, errb.String())
+				}
+				lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+				switch upgrading := i == 0 && ff.Schema < metastore.CurrentSchema; {
+				case upgrading && !slices.Contains(lines, announce):
+					t.Errorf("the first command's stderr %q lacks the line %q", errb.String(), announce)
+				case strings.Count(errb.String(), "upgraded metastore") != btoi(upgrading):
+					t.Errorf("command %d (restore) said on stderr: %q", i+1, errb.String())
 				}
 				got, err := os.ReadFile(target)
 				if err != nil {
@@ -161,6 +180,33 @@ func TestSchemaFixtures(t *testing.T) {
 					t.Fatalf("version %s of schema %d did not restore bit-identically", im.UID, ff.Schema)
 				}
 			}
+			if s, err := metastore.SchemaOf(dbPath); err != nil || s != metastore.CurrentSchema {
+				t.Errorf("schema after use: %d, %v; want %d", s, err, metastore.CurrentSchema)
+			}
+			db, err := metastore.Open(dbPath, metastore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			problems, err := db.Check()
+			_ = db.Close()
+			if err != nil || len(problems) > 0 {
+				t.Errorf("metastore check after the upgrade: %v %v", problems, err)
+			}
+			got, err := os.ReadFile(kept)
+			switch {
+			case ff.Schema == metastore.CurrentSchema && !errors.Is(err, os.ErrNotExist):
+				t.Errorf("%s exists although the fixture has the current schema (err %v)", kept, err)
+			case ff.Schema < metastore.CurrentSchema && (err != nil || !bytes.Equal(got, orig)):
+				t.Errorf("%s is not the fixture's database byte for byte (err %v)", kept, err)
+			}
+			for _, n := range []string{dbPath + ".migrating", metastore.LockDir(dbPath + ".migrating")} {
+				if _, err := os.Lstat(n); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s left behind (err %v)", n, err)
+				}
+			}
+			if now, err := os.ReadFile(filepath.Join(dir, "store", "backy.db")); err != nil || !bytes.Equal(now, orig) {
+				t.Fatalf("the fixture in %s changed: tests must only use copies (err %v)", dir, err)
+			}
 		})
 	}
 	for s := 1; s < metastore.CurrentSchema; s++ {
@@ -168,4 +214,11 @@ func TestSchemaFixtures(t *testing.T) {
 			t.Errorf("no fixture for past schema %d in testdata/", s)
 		}
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,6 +38,45 @@ var (
 // BlockStore is what the engine needs of a blockstore.Store.
 type BlockStore interface {
 	Get(ctx context.Context, rec block.Record, buf []byte) ([]byte, error)
+}
+
+// KeyChecker is implemented by block stores that can tell up front whether
+// they hold the key of an encryption version (blockstore.Store does). Run
+// uses it to refuse, before it reads or writes anything, a version whose
+// blocks need a key that is not configured.
+type KeyChecker interface {
+	CanOpen(encVersion uint16) error
+}
+
+// CheckKeys returns an error wrapping object.ErrNoKey if some block of
+// version uid is stored at an encryption version kc has no key for. It
+// reads the version's map only when the store holds blocks of such a
+// version at all.
+func CheckKeys(db *metastore.DB, uid string, kc KeyChecker) error {
+	stats, err := db.EncStats()
+	if err != nil {
+		return err
+	}
+	var lacking []uint16
+	for ev := range stats {
+		if kc.CanOpen(ev) != nil {
+			lacking = append(lacking, ev)
+		}
+	}
+	if len(lacking) == 0 {
+		return nil
+	}
+	used, err := db.EncVersionsOf(uid)
+	if err != nil {
+		return err
+	}
+	slices.Sort(lacking)
+	for _, ev := range lacking {
+		if used[ev] > 0 {
+			return fmt.Errorf("version %s has %d block(s) at encryption version %d: %w", uid, used[ev], ev, kc.CanOpen(ev))
+		}
+	}
+	return nil
 }
 
 // Target is what the engine writes to (source.Target).
@@ -112,6 +152,11 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 		// Reads of separate objects wait on the device one by one; more
 		// of them in flight keep it busy.
 		o.Workers = 4*runtime.GOMAXPROCS(0) + 8
+	}
+	if kc, ok := st.(KeyChecker); ok {
+		if err := CheckKeys(db, v.UID, kc); err != nil {
+			return nil, err
+		}
 	}
 	bs, size := v.BlockSize, v.Size
 	nBlk := v.Blocks()
@@ -204,6 +249,20 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 					}
 				default:
 					data, err := st.Get(gctx, j.rec, buf[:0])
+					// A concurrent migrate-encryption may have moved the
+					// block to a new object (and deleted the old one)
+					// since the map was read: follow the record.
+					for try := 0; try < 3 && (errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt)); try++ {
+						look := make([]metastore.Lookup, 1)
+						if lerr := db.LookupBlocks([]block.ID{j.id}, look); lerr != nil {
+							return lerr
+						}
+						if !look[0].Found || look[0].Record.Name == j.rec.Name {
+							break
+						}
+						j.rec = look[0].Record
+						data, err = st.Get(gctx, j.rec, buf[:0])
+					}
 					if err == nil && int64(len(data)) != n {
 						err = fmt.Errorf("%w: block %d has %d bytes, the version needs %d", blockstore.ErrCorrupt, j.idx, len(data), n)
 					}

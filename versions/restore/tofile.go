@@ -31,6 +31,13 @@ func ToFile(ctx context.Context, st BlockStore, db *metastore.DB, uid, target st
 		return nil, fmt.Errorf("%w: version %s is %s; use --force to restore what it holds (unrestorable blocks become zeros and are listed)",
 			ErrNotRestorable, uid, v.Status)
 	}
+	if kc, ok := st.(KeyChecker); ok {
+		// Before the target is created: a missing key must not leave a
+		// half-written (or even an empty) file behind.
+		if err := CheckKeys(db, v.UID, kc); err != nil {
+			return nil, err
+		}
+	}
 	tgt, err := source.CreateTarget(target, v.Size, o.Force)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/keyring"
+	"github.com/backy/backy/cmd/backy/internal/config"
+)
+
+// keySources turns the configured keys into keyring sources.
+func keySources(cfg *config.Config) ([]keyring.Source, error) {
+	var out []keyring.Source
+	for _, k := range cfg.Encryption.Keys {
+		c, err := keyring.ParseCipher(k.Cipher)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", config.ErrInvalid, k.Origin, err)
+		}
+		out = append(out, keyring.Source{EncVersion: k.Version, Cipher: c, Key: k.Key, Passphrase: k.Passphrase, Origin: k.Origin})
+	}
+	return out, nil
+}
+
+// blocks returns the block store, opening it on first use with the keys
+// of the configuration verified against the store's registered keys, so
+// that a wrong or missing key is reported before any block is read or
+// written. New blocks are sealed at the configured encryption_version.
+// Commands that touch only metadata never call it and need no keys.
+func (s *store) blocks(ctx context.Context) (*blockstore.Store, error) {
+	return s.blocksAt(ctx, s.e.cfg.Encryption.Version)
+}
+
+// blocksAt is blocks with new blocks sealed at encryption version write
+// (migrate-encryption --to).
+func (s *store) blocksAt(ctx context.Context, write uint16) (*blockstore.Store, error) {
+	if s.st != nil {
+		if s.st.EncVersion() != write {
+			return nil, fmt.Errorf("internal error: block store opened for encryption version %d, now wanted at %d", s.st.EncVersion(), write)
+		}
+		return s.st, nil
+	}
+	cfg := s.e.cfg
+	sources, err := keySources(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ring, err := keyring.Load(ctx, s.db, s.be, sources, write, keyring.Options{Log: s.e.log})
+	if err != nil {
+		return nil, err
+	}
+	o := storeOptions(cfg)
+	o.Key = ring.WriteKey()
+	o.Keys = ring
+	st, err := blockstore.New(s.be, o)
+	if err != nil {
+		return nil, err
+	}
+	s.st = st
+	return st, nil
+}

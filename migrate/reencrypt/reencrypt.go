@@ -1,0 +1,428 @@
+// Package reencrypt upgrades stored blocks in place to a newer encryption
+// version (the engine of 'backy migrate-encryption').
+//
+// For every block below the target version it reads the object, verifies
+// it (authentication tag, BLAKE3), seals the plaintext into a new object at
+// the target version (with the store's current compression), makes the new
+// object durable, switches the block's record to it in the metastore, and
+// only then deletes the old object. Each step is safe to interrupt:
+//
+//   - killed before the switch: the record still points to the old object,
+//     which is intact; the new object is debris that no record names (a
+//     'cleanup --orphans' removes it); the next run migrates the block again.
+//   - killed after the switch: the old object is listed in the metastore's
+//     trash; the next run (and cleanup) deletes it before anything else.
+//
+// The switch is conditional: it applies only if the record still points to
+// the object that was read, so a concurrent migration, backup, cleanup or
+// scrub never loses a block to it. Restores that looked up the old record
+// follow the record to the new object (see package restore). Deduplication
+// matches blocks by plaintext identity whatever their encryption version,
+// so backups running meanwhile keep deduplicating against both.
+package reencrypt
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/metastore"
+)
+
+// ErrNoTarget: the target encryption version is 0 (no encryption).
+var ErrNoTarget = errors.New("no target encryption version")
+
+// BlockStore is what the engine needs of a blockstore.Store.
+type BlockStore interface {
+	Get(ctx context.Context, rec block.Record, buf []byte) ([]byte, error)
+	Put(ctx context.Context, id block.ID, plain []byte) (block.Record, error)
+	Delete(ctx context.Context, name block.Name) error
+	Flush(ctx context.Context) error
+	// EncVersion is the version new objects are sealed at: the target.
+	EncVersion() uint16
+	// CanOpen tells whether objects of a version can be read.
+	CanOpen(encVersion uint16) error
+}
+
+// Options describes a migration.
+type Options struct {
+	// UIDs selects the versions whose blocks are migrated; empty means
+	// every block record of the store (referenced or not), so that no
+	// object below the target remains.
+	UIDs []string
+	// Workers read, re-seal and write blocks in parallel; 0 = 2 x GOMAXPROCS.
+	Workers int
+	// Batch is the number of blocks switched per metastore transaction;
+	// 0 = 64.
+	Batch    int
+	Progress func(Progress)
+	Logger   *slog.Logger
+}
+
+// Progress reports a running migration.
+type Progress struct {
+	// Done counts blocks looked at; Total is an estimate (block references
+	// of the selected versions, or block records of the store).
+	Done, Total int64
+	// Migrated counts blocks rewritten so far.
+	Migrated     int64
+	BytesWritten int64
+}
+
+// Failure is a block that could not be migrated because it is damaged or
+// missing; it is marked invalid (with every version using it).
+type Failure struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+}
+
+// Result summarises a migration.
+type Result struct {
+	Target uint16 `json:"target_encryption_version"`
+	// Examined counts the candidate blocks looked at.
+	Examined int64 `json:"blocks_examined"`
+	// Migrated counts blocks rewritten at the target version.
+	Migrated int64 `json:"blocks_migrated"`
+	// Skipped counts blocks another process changed meanwhile (migrated,
+	// removed or marked invalid); their new objects were deleted again.
+	Skipped int64 `json:"blocks_skipped"`
+	// BytesRead and BytesWritten are stored (object) sizes.
+	BytesRead    int64 `json:"bytes_read"`
+	BytesWritten int64 `json:"bytes_written"`
+	// ObjectsDeleted counts old and redundant objects deleted, including
+	// those a previous, interrupted run left in the trash.
+	ObjectsDeleted  int64     `json:"objects_deleted"`
+	Failures        []Failure `json:"failures,omitempty"`
+	InvalidVersions []string  `json:"invalid_versions,omitempty"`
+	// Remaining counts block records of the store still below the target
+	// afterwards (with UIDs set, those of other versions).
+	Remaining       int64   `json:"blocks_below_target"`
+	DurationSeconds float64 `json:"duration_seconds"`
+}
+
+// ErrFailures: some blocks were damaged or missing and are now marked
+// invalid; everything else was migrated.
+var ErrFailures = errors.New("some blocks could not be migrated")
+
+// Run migrates the selected blocks to st.EncVersion(). Before it reads or
+// writes anything it checks that the key of every encryption version it
+// will read is configured; such early failures return a nil Result. The caller holds no version locks: Run takes a
+// shared lock on each selected version while it migrates its blocks.
+func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Result, error) {
+	start := time.Now()
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Workers <= 0 {
+		o.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	if o.Batch <= 0 {
+		o.Batch = 64
+	}
+	target := st.EncVersion()
+	res := &Result{Target: target}
+	if target == 0 {
+		return nil, fmt.Errorf("%w: the configured encryption_version is 0; set encryption_version (with its key) in the configuration, or pass --to N", ErrNoTarget)
+	}
+	stats, err := db.EncStats()
+	if err != nil {
+		return nil, err
+	}
+	var total int64
+	if len(o.UIDs) == 0 {
+		for ev, s := range stats {
+			if ev < target {
+				if err := st.CanOpen(ev); err != nil {
+					return nil, fmt.Errorf("the store holds %d block(s) at encryption version %d: %w", s.Blocks, ev, err)
+				}
+				total += s.Blocks
+			}
+		}
+	} else {
+		for _, uid := range o.UIDs {
+			used, err := db.EncVersionsOf(uid)
+			if err != nil {
+				return nil, err
+			}
+			for ev, n := range used {
+				if ev < target {
+					if err := st.CanOpen(ev); err != nil {
+						return nil, fmt.Errorf("version %s has %d block(s) at encryption version %d: %w", uid, n, ev, err)
+					}
+					total += n
+				}
+			}
+		}
+	}
+
+	m := &migration{st: st, db: db, o: o, log: log, res: res, target: target, total: total}
+	// Finish what an interrupted run (or backup) left in the trash first.
+	if err := m.drainTrash(ctx); err != nil {
+		return res, err
+	}
+	if len(o.UIDs) == 0 {
+		err = m.all(ctx)
+	} else {
+		for _, uid := range o.UIDs {
+			if err = m.version(ctx, uid); err != nil {
+				break
+			}
+		}
+	}
+	// Damage found is recorded whatever else happened.
+	if len(m.bad) > 0 {
+		uids, merr := db.MarkInvalid(m.bad)
+		if merr != nil {
+			err = errors.Join(err, fmt.Errorf("recording %d damaged block(s) as invalid failed: %w", len(m.bad), merr))
+		} else {
+			res.InvalidVersions = uids
+		}
+		if err == nil {
+			err = fmt.Errorf("%w: %d block(s) are damaged or missing and now marked invalid (versions: %v)", ErrFailures, len(m.bad), uids)
+		}
+	}
+	if after, serr := db.EncStats(); serr == nil {
+		for ev, s := range after {
+			if ev < target {
+				res.Remaining += s.Blocks
+			}
+		}
+	}
+	res.DurationSeconds = time.Since(start).Seconds()
+	return res, err
+}
+
+type migration struct {
+	st     BlockStore
+	db     *metastore.DB
+	o      Options
+	log    *slog.Logger
+	res    *Result
+	target uint16
+	total  int64
+	done   int64
+	bad    []block.ID
+}
+
+func (m *migration) progress() {
+	if m.o.Progress != nil {
+		m.o.Progress(Progress{Done: m.done, Total: max(m.total, m.done), Migrated: m.res.Migrated, BytesWritten: m.res.BytesWritten})
+	}
+}
+
+// drainTrash deletes the objects waiting in the trash.
+func (m *migration) drainTrash(ctx context.Context) error {
+	for {
+		entries, err := m.db.Trash(1024)
+		if err != nil || len(entries) == 0 {
+			return err
+		}
+		names := make([]block.Name, len(entries))
+		for i, e := range entries {
+			names[i] = e.Name
+		}
+		if err := m.deleteObjects(ctx, names); err != nil {
+			return err
+		}
+	}
+}
+
+// deleteObjects deletes objects listed in the trash and forgets them.
+func (m *migration) deleteObjects(ctx context.Context, names []block.Name) error {
+	gone := names[:0:0]
+	var first error
+	for _, n := range names {
+		err := m.st.Delete(ctx, n)
+		if err != nil && !errors.Is(err, backend.ErrNotFound) {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		gone = append(gone, n)
+		if err == nil {
+			m.res.ObjectsDeleted++
+		}
+	}
+	if err := m.db.ForgetTrash(gone); err != nil {
+		return err
+	}
+	if first != nil {
+		return fmt.Errorf("deleting replaced objects (they stay in the trash for the next run or cleanup): %w", first)
+	}
+	return nil
+}
+
+// all migrates every block record below the target.
+func (m *migration) all(ctx context.Context) error {
+	after := block.Sparse
+	for {
+		recs, last, done, err := m.db.BlocksBelow(m.target, after, 16*m.o.Batch)
+		if err != nil {
+			return err
+		}
+		for len(recs) > 0 {
+			n := min(len(recs), m.o.Batch)
+			ids := make([]block.ID, n)
+			for i := range n {
+				ids[i] = recs[i].ID
+			}
+			if err := m.batch(ctx, ids); err != nil {
+				return err
+			}
+			recs = recs[n:]
+		}
+		if done {
+			return nil
+		}
+		after = last
+	}
+}
+
+// version migrates the blocks of one version, holding its shared lock so
+// that it is not removed meanwhile.
+func (m *migration) version(ctx context.Context, uid string) error {
+	lk, err := m.db.LockVersion(uid, metastore.Shared)
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	var pending []block.ID
+	err = m.db.WalkMap(uid, func(c metastore.MapChunk) error {
+		for i, id := range c.IDs {
+			if id.IsSparse() || !c.Found[i] || c.Records[i].EncVersion >= m.target || c.Records[i].Invalid {
+				continue
+			}
+			pending = append(pending, id)
+			if len(pending) == m.o.Batch {
+				if err := m.batch(ctx, pending); err != nil {
+					return err
+				}
+				pending = pending[:0]
+			}
+		}
+		return nil
+	})
+	if err == nil && len(pending) > 0 {
+		err = m.batch(ctx, pending)
+	}
+	if err != nil {
+		return fmt.Errorf("version %s: %w", uid, err)
+	}
+	return nil
+}
+
+// batch migrates up to Batch blocks: it looks up their current records
+// (an earlier batch or another process may have migrated them), rewrites
+// those still below the target in parallel, flushes, switches the records
+// in one transaction and deletes the old objects.
+func (m *migration) batch(ctx context.Context, ids []block.ID) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	slices.SortFunc(ids, func(a, b block.ID) int { return bytes.Compare(a[:], b[:]) })
+	ids = slices.Compact(ids)
+	look := make([]metastore.Lookup, len(ids))
+	if err := m.db.LookupBlocks(ids, look); err != nil {
+		return err
+	}
+	var todo []block.Record
+	for _, l := range look {
+		if l.Found && l.Record.EncVersion < m.target && !l.Record.Invalid {
+			todo = append(todo, l.Record)
+		}
+	}
+	m.done += int64(len(ids))
+	m.res.Examined = m.done
+	if len(todo) == 0 {
+		m.progress()
+		return nil
+	}
+	reps := make([]metastore.Replacement, len(todo))
+	applied := make([]bool, len(todo))
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(m.o.Workers)
+	for i, rec := range todo {
+		g.Go(func() error {
+			buf := make([]byte, 0, rec.Size)
+			plain, err := m.st.Get(gctx, rec, buf)
+			if err != nil {
+				if !errors.Is(err, blockstore.ErrCorrupt) && !errors.Is(err, blockstore.ErrMissing) {
+					return err
+				}
+				// Moved by another process meanwhile, or damaged?
+				cur := make([]metastore.Lookup, 1)
+				if lerr := m.db.LookupBlocks([]block.ID{rec.ID}, cur); lerr != nil {
+					return lerr
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if cur[0].Found && cur[0].Record.Name == rec.Name {
+					m.bad = append(m.bad, rec.ID)
+					if len(m.res.Failures) < 1000 {
+						m.res.Failures = append(m.res.Failures, Failure{ID: rec.ID.String(), Reason: err.Error()})
+					}
+					m.log.Warn("damaged block not migrated", "block", rec.ID.Short(), "err", err)
+				} else {
+					m.res.Skipped++
+				}
+				return nil
+			}
+			nrec, err := m.st.Put(gctx, rec.ID, plain)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			reps[i] = metastore.Replacement{Old: rec.Name, New: nrec}
+			applied[i] = true
+			m.res.BytesRead += int64(rec.StoredSize)
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		// Objects written so far are debris no record names; a cleanup
+		// of orphans removes them.
+		return err
+	}
+	var ready []metastore.Replacement
+	for i := range reps {
+		if applied[i] {
+			ready = append(ready, reps[i])
+		}
+	}
+	if len(ready) == 0 {
+		m.progress()
+		return nil
+	}
+	// The new objects must be durable before a record names them.
+	if err := m.st.Flush(ctx); err != nil {
+		return err
+	}
+	r, err := m.db.ReplaceObjects(ready)
+	if err != nil {
+		return err
+	}
+	m.res.Migrated += int64(len(r.Replaced))
+	m.res.Skipped += int64(len(r.Skipped))
+	for _, rep := range ready {
+		if !slices.Contains(r.Skipped, rep.New.Name) {
+			m.res.BytesWritten += int64(rep.New.StoredSize)
+		}
+	}
+	m.progress()
+	return m.deleteObjects(ctx, append(r.Replaced, r.Skipped...))
+}
