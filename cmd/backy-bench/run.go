@@ -68,10 +68,28 @@ func (b *bench) command(env []string, name string, args ...string) (result, erro
 	return res, nil
 }
 
-// runBacky runs one backy command (with --json) against the store in dir store.
+// runBacky runs one backy command (with --json) against store: the
+// default store in that directory, or, if store names a .cfg file, the
+// store that configuration describes.
 func (b *bench) runBacky(store, cmd string, args ...string) (result, error) {
 	env := []string{"BACKY_HOME=" + store, "BACKY_CONFIG="}
+	if strings.HasSuffix(store, ".cfg") {
+		env = []string{"BACKY_CONFIG=" + store}
+	}
 	return b.command(env, b.backy, append([]string{cmd, "--json"}, args...)...)
+}
+
+// benchKey is the (public, benchmark-only) key of the encrypted stores.
+const benchKey = "62656e63686d61726b206b6579206f6e6c792c206e6f74206120736563726574"
+
+// encryptedConfig writes a configuration for the store in directory store
+// (laid out like the default store) with zstd compression and AES-256-GCM
+// encryption at version 1, and returns its path.
+func (b *bench) encryptedConfig(store string) (string, error) {
+	cfg := store + "-enc.cfg"
+	text := fmt.Sprintf("[DEFAULTS]\ncompression = zstd\nencryption_version = 1\nencryption_cipher = aes-256-gcm\nencryption_key = %s\n"+
+		"[MetaBackend]\npath = %s\n[DataBackend]\npath = %s\n", benchKey, filepath.Join(store, "backy.db"), filepath.Join(store, "data"))
+	return cfg, os.WriteFile(cfg, []byte(text), 0o600)
 }
 
 // dropCaches flushes dirty pages and empties the page cache, so that the
@@ -188,8 +206,11 @@ func (b *bench) random() error {
 	cp, cps := b.rep.row("cp random", b.size), b.rep.row("cp+sync random", b.size)
 	bk, re := b.rep.row("backup random", b.size), b.rep.row("re-backup random (unchanged)", b.size)
 	rs, rss := b.rep.row("restore random", b.size), b.rep.row("restore --sparse random", b.size)
+	ebk, ers := b.rep.row("backup random, zstd + aes-256-gcm", b.size), b.rep.row("restore random, zstd + aes-256-gcm", b.size)
+	mig := b.rep.row("migrate-encryption random (none -> zstd + aes-256-gcm)", b.size)
+	mrs := b.rep.row("restore random, after migrate-encryption", b.size)
 	for i := 1; i <= b.runs; i++ {
-		b.logf("random data, run %d/%d: cp, cp+sync, backup, re-backup, restore, restore --sparse", i, b.runs)
+		b.logf("random data, run %d/%d: cp, cp+sync, backup, re-backup, restore, restore --sparse; encrypted backup, restore; migrate-encryption", i, b.runs)
 		store := b.path(fmt.Sprintf("store-random-%d", i))
 		_ = os.Remove(dst)
 		if _, err := b.step(cp, func() (result, error) { return b.command(nil, "cp", "--reflink=never", src, dst) }); err != nil {
@@ -213,14 +234,53 @@ func (b *bench) random() error {
 		if err := b.restore(rss, store, v.UID, out, sum, "--sparse"); err != nil {
 			return err
 		}
-		if err := removeAll(store, out); err != nil {
+		// The same with compression and encryption on, in a new store.
+		encStore := b.path(fmt.Sprintf("store-random-enc-%d", i))
+		encCfg, err := b.encryptedConfig(encStore)
+		if err != nil {
+			return err
+		}
+		if _, err := b.runBacky(encCfg, "init"); err != nil {
+			return err
+		}
+		ev, err := b.backup(ebk, encCfg, src, "vol")
+		if err != nil {
+			return err
+		}
+		if err := b.restore(ers, encCfg, ev.UID, out, sum); err != nil {
+			return err
+		}
+		// Turning encryption on for the plain store: every block rewritten.
+		migCfg, err := b.encryptedConfig(store)
+		if err != nil {
+			return err
+		}
+		res, err := b.step(mig, func() (result, error) { return b.runBacky(migCfg, "migrate-encryption", "--all") })
+		if err != nil {
+			return err
+		}
+		var mr struct {
+			Migrated     int64 `json:"blocks_migrated"`
+			BytesWritten int64 `json:"bytes_written"`
+			Remaining    int64 `json:"blocks_below_target"`
+		}
+		if err := json.Unmarshal(res.out, &mr); err != nil || mr.Remaining != 0 || mr.Migrated == 0 {
+			return fmt.Errorf("%s: result %s: %v (want every block migrated)", mig.Name, res.out, err)
+		}
+		mig.Note = fmt.Sprintf("%d blocks, wrote %s", mr.Migrated, mib(mr.BytesWritten))
+		if err := b.restore(mrs, migCfg, v.UID, out, sum); err != nil {
+			return err
+		}
+		if err := removeAll(store, out, encStore, encCfg, migCfg); err != nil {
 			return err
 		}
 	}
-	for _, r := range []*row{bk, re, rs, rss} {
+	for _, r := range []*row{bk, re, rs, rss, ebk, ers, mig, mrs} {
 		r.ratio("cp", cp)
 		r.ratio("cp+sync", cps)
 	}
+	ebk.ratio("plain backup", bk)
+	ers.ratio("plain restore", rs)
 	return removeAll(src, dst, out)
 }
 
