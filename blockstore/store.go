@@ -191,6 +191,13 @@ func (s *Store) Get(ctx context.Context, rec block.Record, buf []byte) ([]byte, 
 	}
 	*raw = obj
 	plain, h, err := object.Open(buf[:0], obj, rec.ID, s.opts.Keys, s.dec)
+	if err == nil && h.EncVersion != rec.EncVersion || errors.Is(err, object.ErrNoKey) && h.EncVersion != rec.EncVersion {
+		// The record says which version the object was sealed at; a
+		// header that disagrees is damage (or tampering), not a key the
+		// operator forgot to configure.
+		return nil, fmt.Errorf("%w: block %s (object %s): the object's header names encryption version %d, its record %d",
+			ErrCorrupt, rec.ID.Short(), rec.Name, h.EncVersion, rec.EncVersion)
+	}
 	if err != nil {
 		if errors.Is(err, object.ErrNoKey) || errors.Is(err, object.ErrNewerFormat) {
 			return nil, fmt.Errorf("block %s: %w", rec.ID.Short(), err)

@@ -146,7 +146,9 @@ func (db *DB) ReplaceObjects(reps []Replacement) (ReplaceResult, error) {
 			}
 			nr := storedRecord{Record: rep.New, Refs: r.Refs}
 			nr.Invalid = false
-			if err := s.putRecord(nr); err != nil {
+			// The reference count is unchanged, so is the gc entry (and
+			// the time an unreferenced block entered it).
+			if err := s.blocks.Put(nr.ID[:], encodeRecord(nr)); err != nil {
 				return err
 			}
 			if err := s.trash.Put(rep.Old[:], rep.New.ID[:]); err != nil {

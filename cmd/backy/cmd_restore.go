@@ -37,7 +37,8 @@ func cmdRestore(e *env) *cli.Command {
 			}
 			force := c.Bool("force")
 			prog := ui.NewProgress(os.Stderr, "restore")
-			bst, err := s.blocks(c.Context)
+			// Reading only: no write version is registered by a restore.
+			bst, err := s.blocksAt(c.Context, 0)
 			if err != nil {
 				return err
 			}

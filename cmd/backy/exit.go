@@ -79,7 +79,7 @@ func exitCode(err error) int {
 		return exitDataErr
 	case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrMissing), errors.Is(err, restore.ErrNotRestorable),
 		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky),
-		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, keyring.ErrBadRegistration):
+		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, reencrypt.ErrIncomplete), errors.Is(err, keyring.ErrBadRegistration):
 		return exitIntegrity
 	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists):
 		return exitCantCreate
@@ -107,7 +107,7 @@ func hint(err error, code int) string {
 	case exitLocked:
 		return "wait for the other backy process to finish, then retry"
 	case exitIntegrity:
-		if errors.Is(err, blockstore.ErrCorrupt) || errors.Is(err, blockstore.ErrMissing) {
+		if errors.Is(err, blockstore.ErrCorrupt) || errors.Is(err, blockstore.ErrMissing) || errors.Is(err, restore.ErrBadBlocks) {
 			return "the damaged blocks are now marked invalid; a new backup stores fresh copies"
 		}
 	case exitInterrupted:

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -111,6 +112,10 @@ type Result struct {
 	DurationSeconds float64 `json:"duration_seconds"`
 }
 
+// ErrIncomplete: a migration of the whole store finished without error, but
+// blocks below the target remain (marked invalid, or written meanwhile).
+var ErrIncomplete = errors.New("blocks below the target encryption version remain")
+
 // ErrFailures: some blocks were damaged or missing and are now marked
 // invalid; everything else was migrated.
 var ErrFailures = errors.New("some blocks could not be migrated")
@@ -142,7 +147,8 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 	}
 	var total int64
 	if len(o.UIDs) == 0 {
-		for ev, s := range stats {
+		for _, ev := range slices.Sorted(maps.Keys(stats)) {
+			s := stats[ev]
 			if ev < target {
 				if err := st.CanOpen(ev); err != nil {
 					return nil, fmt.Errorf("the store holds %d block(s) at encryption version %d: %w", s.Blocks, ev, err)
@@ -156,7 +162,8 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 			if err != nil {
 				return nil, err
 			}
-			for ev, n := range used {
+			for _, ev := range slices.Sorted(maps.Keys(used)) {
+				n := used[ev]
 				if ev < target {
 					if err := st.CanOpen(ev); err != nil {
 						return nil, fmt.Errorf("version %s has %d block(s) at encryption version %d: %w", uid, n, ev, err)
@@ -167,7 +174,7 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 		}
 	}
 
-	m := &migration{st: st, db: db, o: o, log: log, res: res, target: target, total: total}
+	m := &migration{st: st, db: db, o: o, log: log, res: res, target: target, total: total, isBad: map[block.ID]bool{}}
 	// Finish what an interrupted run (or backup) left in the trash first.
 	if err := m.drainTrash(ctx); err != nil {
 		return res, err
@@ -200,6 +207,13 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 			}
 		}
 	}
+	if err == nil && len(o.UIDs) == 0 && res.Remaining > 0 {
+		// --all promises that nothing below the target is left; say why
+		// it is not so (blocks marked invalid earlier, or written at an
+		// older version by a backup running meanwhile).
+		err = fmt.Errorf("%w: %d block(s) are still stored below encryption version %d (blocks marked invalid by an earlier scrub, restore or migration are not rewritten, and backups running meanwhile may write at an older version): back up their sources again so that fresh copies are stored, then run migrate-encryption --all again",
+			ErrIncomplete, res.Remaining, target)
+	}
 	res.DurationSeconds = time.Since(start).Seconds()
 	return res, err
 }
@@ -214,6 +228,10 @@ type migration struct {
 	total  int64
 	done   int64
 	bad    []block.ID
+	// isBad holds the blocks of bad: they are marked invalid only at the
+	// end, so a later batch (another selected version, or a repeat within
+	// one) must not read and report them again.
+	isBad map[block.ID]bool
 }
 
 func (m *migration) progress() {
@@ -340,7 +358,7 @@ func (m *migration) batch(ctx context.Context, ids []block.ID) error {
 	}
 	var todo []block.Record
 	for _, l := range look {
-		if l.Found && l.Record.EncVersion < m.target && !l.Record.Invalid {
+		if l.Found && l.Record.EncVersion < m.target && !l.Record.Invalid && !m.isBad[l.Record.ID] {
 			todo = append(todo, l.Record)
 		}
 	}
@@ -372,10 +390,11 @@ func (m *migration) batch(ctx context.Context, ids []block.ID) error {
 				defer mu.Unlock()
 				if cur[0].Found && cur[0].Record.Name == rec.Name {
 					m.bad = append(m.bad, rec.ID)
+					m.isBad[rec.ID] = true
 					if len(m.res.Failures) < 1000 {
 						m.res.Failures = append(m.res.Failures, Failure{ID: rec.ID.String(), Reason: err.Error()})
 					}
-					m.log.Warn("damaged block not migrated", "block", rec.ID.Short(), "err", err)
+					m.log.Info("damaged block not migrated", "block", rec.ID.Short(), "err", err)
 				} else {
 					m.res.Skipped++
 				}

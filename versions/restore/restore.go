@@ -309,7 +309,7 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 			err = errors.Join(err, fmt.Errorf("recording %d damaged block(s) as invalid failed: %w", len(damaged), merr))
 		} else {
 			res.InvalidVersions = uids
-			log.Warn("damaged blocks found and recorded", "blocks", len(damaged), "versions", uids)
+			log.Info("damaged blocks found and recorded", "blocks", len(damaged), "versions", uids)
 		}
 	}
 	res.DurationSeconds = time.Since(start).Seconds()
