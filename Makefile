@@ -45,6 +45,7 @@ fuzz:
 	$(GO) test ./cmd/backy/internal/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./blockstore/object -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME)
 	$(GO) test ./metastore/blockmap -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./blockstore/keyring -run '^$$' -fuzz FuzzParseRegistration -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin
