@@ -190,7 +190,8 @@ func (s *Store) Get(ctx context.Context, rec block.Record, buf []byte) ([]byte, 
 		return nil, fmt.Errorf("reading block %s: %w", rec.ID.Short(), err)
 	}
 	*raw = obj
-	plain, h, err := object.Open(buf[:0], obj, rec.ID, s.opts.Keys, s.dec)
+	// raw is this call's own buffer: decrypt within it.
+	plain, h, err := object.OpenInPlace(buf[:0], obj, rec.ID, s.opts.Keys, s.dec)
 	if err == nil && h.EncVersion != rec.EncVersion || errors.Is(err, object.ErrNoKey) && h.EncVersion != rec.EncVersion {
 		// The record says which version the object was sealed at; a
 		// header that disagrees is damage (or tampering), not a key the

@@ -69,6 +69,17 @@ func TestSealOpenRoundTrip(t *testing.T) {
 					if !bytes.Equal(got, plain) {
 						t.Fatal("round trip changed the data")
 					}
+					// In place: the same plaintext from a copy of obj.
+					if got, _, err := OpenInPlace(nil, bytes.Clone(obj), id, keys, dec); err != nil || !bytes.Equal(got, plain) {
+						t.Fatalf("OpenInPlace: %v, equal %v", err, bytes.Equal(got, plain))
+					}
+					if key != nil { // unencrypted payloads are checked by BLAKE3 in blockstore
+						bad := bytes.Clone(obj)
+						bad[len(bad)-1] ^= 1
+						if got, _, err := OpenInPlace(nil, bad, id, keys, dec); err == nil || got != nil {
+							t.Fatalf("OpenInPlace of a damaged object: %d bytes, %v", len(got), err)
+						}
+					}
 					wantZstd := comp && (name == "text" || name == "zeros")
 					if (h.Compression == block.CompressionZstd) != wantZstd {
 						t.Fatalf("compression = %v, want zstd=%v", h.Compression, wantZstd)

@@ -135,6 +135,18 @@ func Seal(dst, plain []byte, id block.ID, o SealOptions) ([]byte, error) {
 // compressed. On any error no data is returned. Open does not compare the
 // plaintext with id's hash: the caller does (see blockstore.Store.Get).
 func Open(dst, obj []byte, id block.ID, keys Keys, dec Decompressor) ([]byte, Header, error) {
+	return open(dst, obj, id, keys, dec, false)
+}
+
+// OpenInPlace is Open for a caller that owns obj and no longer needs it:
+// an encrypted payload is decrypted within obj instead of into a fresh
+// buffer, which saves an allocation of the payload's size per object. obj's
+// contents are undefined afterwards, whether or not Open succeeds.
+func OpenInPlace(dst, obj []byte, id block.ID, keys Keys, dec Decompressor) ([]byte, Header, error) {
+	return open(dst, obj, id, keys, dec, true)
+}
+
+func open(dst, obj []byte, id block.ID, keys Keys, dec Decompressor, inPlace bool) ([]byte, Header, error) {
 	h, hsize, err := ParseHeader(obj)
 	if err != nil {
 		return nil, h, err
@@ -154,8 +166,13 @@ func Open(dst, obj []byte, id block.ID, keys Keys, dec Decompressor) ([]byte, He
 		}
 		aad := make([]byte, 0, hsize+block.IDSize)
 		aad = append(append(aad, obj[:hsize]...), id[:]...)
-		// Decrypt into a fresh buffer: the payload is not ours to overwrite.
-		plain, err := k.aead.Open(nil, h.Nonce, payload, aad)
+		// Decrypt into a fresh buffer unless the caller gave us obj: the
+		// payload is not ours to overwrite otherwise.
+		var into []byte
+		if inPlace {
+			into = payload[:0]
+		}
+		plain, err := k.aead.Open(into, h.Nonce, payload, aad)
 		if err != nil {
 			return nil, h, ErrAuth
 		}
