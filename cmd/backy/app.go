@@ -61,9 +61,18 @@ func newApp(e *env) *cli.App {
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return usageErr("%v", err)
 		},
+		// One command per line, so that adding one touches one line.
 		Commands: []*cli.Command{
-			cmdInit(e), cmdBackup(e), cmdRestore(e), cmdLs(e), cmdRm(e),
-			cmdProtect(e, true), cmdProtect(e, false), cmdStats(e), cmdMigrateEncryption(e), cmdVersion(e),
+			cmdInit(e),
+			cmdBackup(e),
+			cmdRestore(e),
+			cmdLs(e),
+			cmdRm(e),
+			cmdProtect(e, true),
+			cmdProtect(e, false),
+			cmdStats(e),
+			cmdMigrateEncryption(e),
+			cmdVersion(e),
 		},
 		CommandNotFound: func(c *cli.Context, name string) {
 			e.unknownCommand = name
