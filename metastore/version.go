@@ -45,6 +45,23 @@ type Version struct {
 	BytesSparse       int64             `json:"bytes_sparse"`
 	DurationSeconds   float64           `json:"duration_seconds"`
 	Removing          bool              `json:"removing,omitempty"`
+	// LastScrub is the outcome of the last scrub or deep-scrub that
+	// covered the version.
+	LastScrub *ScrubRecord `json:"last_scrub,omitempty"`
+}
+
+// ScrubRecord is the outcome of one scrub of a version.
+type ScrubRecord struct {
+	At time.Time `json:"at"`
+	// Kind is "scrub" (metadata and object existence) or "deep-scrub"
+	// (every sampled block read and verified).
+	Kind string `json:"kind"`
+	// Percent is the share of the version's blocks sampled (100 = all).
+	Percent float64 `json:"percent"`
+	// OK reports that no checked block of the version was bad.
+	OK            bool  `json:"ok"`
+	BlocksChecked int64 `json:"blocks_checked"`
+	BlocksBad     int64 `json:"blocks_bad"`
 }
 
 // Blocks returns the number of blocks of the version.
