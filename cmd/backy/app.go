@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/rand"
 	"runtime/debug"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -41,6 +42,20 @@ const exitCodesHelp = `EXIT CODES:
 // jsonFlag is accepted globally and after every command.
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON on stdout (logs stay on stderr)"}
 
+// metricsFlag, like jsonFlag, is accepted globally and after every command.
+var metricsFlag = &cli.StringFlag{Name: "metrics-file", Usage: "after the command, update Prometheus metrics in `FILE` (atomically; for node_exporter's textfile collector, e.g. /var/lib/node_exporter/backy.prom)"}
+
+// flagString returns the value of a string flag given globally or to the
+// command (the command's unset flag must not hide the global one).
+func flagString(c *cli.Context, name string) string {
+	for _, l := range c.Lineage() {
+		if l.IsSet(name) {
+			return l.String(name)
+		}
+	}
+	return ""
+}
+
 func newApp(e *env) *cli.App {
 	app := &cli.App{
 		Name:      "backy",
@@ -56,6 +71,7 @@ func newApp(e *env) *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (default: $BACKY_CONFIG, else the built-in default store)"},
 			jsonFlag,
+			metricsFlag,
 			&cli.StringFlag{Name: "log-level", Usage: "stderr log level: debug, info, warn, error (default warn; log_file gets log_level)"},
 		},
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
@@ -79,7 +95,7 @@ func newApp(e *env) *cli.App {
 		},
 	}
 	for _, c := range app.Commands {
-		c.Flags = append(c.Flags, jsonFlag)
+		c.Flags = append(c.Flags, jsonFlag, metricsFlag)
 		c.OnUsageError = app.OnUsageError
 		c.Before = chainBefore(e, c.Before)
 		c.After = func(*cli.Context) error { e.close(); return nil }
@@ -90,6 +106,7 @@ func newApp(e *env) *cli.App {
 // chainBefore runs the shared setup (config, logging) before a command.
 func chainBefore(e *env, next cli.BeforeFunc) cli.BeforeFunc {
 	return func(c *cli.Context) error {
+		e.metrics = metrics{file: flagString(c, "metrics-file"), command: c.Command.Name, start: time.Now()}
 		if c.Command.Name == "version" { // needs no configuration
 			e.json = jsonWanted(c)
 			return nil

@@ -89,6 +89,7 @@ func cmdBackup(e *env) *cli.Command {
 				}
 				return err
 			}
+			e.metrics.bytesProcessed = v.BytesRead
 			if e.json {
 				return ui.JSON(e.stdout, v)
 			}

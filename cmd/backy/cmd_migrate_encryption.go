@@ -70,6 +70,7 @@ func cmdMigrateEncryption(e *env) *cli.Command {
 			if res == nil {
 				return err
 			}
+			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesWritten, res.Examined
 			if e.json {
 				if jerr := ui.JSON(e.stdout, res); jerr != nil {
 					return jerr

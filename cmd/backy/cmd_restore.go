@@ -47,6 +47,9 @@ func cmdRestore(e *env) *cli.Command {
 				Progress: func(p restore.Progress) { prog.Update(p.Done, p.Total) },
 			})
 			prog.Done()
+			if res != nil {
+				e.metrics.bytesProcessed = res.BytesWritten + res.BytesSparse
+			}
 			if res == nil || (err != nil && !(force && errors.Is(err, restore.ErrBadBlocks))) {
 				return err
 			}

@@ -27,13 +27,28 @@ func run(args []string) int {
 	if err == nil && env.unknownCommand != "" {
 		err = usageErr("unknown command %q", env.unknownCommand)
 	}
+	code := exitCode(err)
+	if err == nil {
+		code = exitOK
+	} else if ctx.Err() != nil && !errors.Is(err, errExitCode) {
+		code = exitCode(fmt.Errorf("%w: %w", errInterrupted, err))
+	}
+	if merr := env.writeMetrics(code); merr != nil {
+		// Monitoring that silently stops updating is worse than a failed
+		// job: a successful command fails on it.
+		if err == nil {
+			err = merr
+		} else {
+			fmt.Fprintf(env.stderr, "backy: %v\n", merr)
+		}
+	}
 	if err == nil {
 		return exitOK
 	}
 	if ctx.Err() != nil && !errors.Is(err, errExitCode) {
 		err = fmt.Errorf("%w: %w", errInterrupted, err)
 	}
-	code := exitCode(err)
+	code = exitCode(err)
 	env.reportError(err, code)
 	return code
 }

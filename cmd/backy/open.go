@@ -38,6 +38,7 @@ type env struct {
 	cfg            *config.Config
 	isDefault      bool
 	unknownCommand string
+	metrics        metrics
 }
 
 // store is an open store: metastore, backend and, once a command asks for

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/backy/backy/metastore"
+)
+
+// metrics is what a command reports for --metrics-file.
+type metrics struct {
+	file    string // --metrics-file, "" = none
+	command string
+	start   time.Time
+	// Set by commands that process data.
+	bytesProcessed int64
+	blocksChecked  int64
+}
+
+// metricDefs lists the metrics backy writes, with their help texts, in
+// the order they appear in the file.
+var metricDefs = []struct{ name, typ, help string }{
+	{"backy_command_success", "gauge", "1 if the last run of the command succeeded, else 0."},
+	{"backy_command_exit_code", "gauge", "Exit code of the last run of the command."},
+	{"backy_command_last_run_timestamp_seconds", "gauge", "Unix time at which the last run of the command ended."},
+	{"backy_command_duration_seconds", "gauge", "Wall time of the last run of the command."},
+	{"backy_command_bytes_processed", "gauge", "Bytes the last run of the command read (backup), wrote (restore, migrate-encryption) or verified (deep-scrub)."},
+	{"backy_command_blocks_checked", "gauge", "Blocks the last run of the command checked (scrub, deep-scrub) or migrated (migrate-encryption)."},
+	{"backy_store_versions", "gauge", "Versions in the store."},
+	{"backy_store_invalid_versions", "gauge", "Versions in the store with a damaged or missing block."},
+	{"backy_store_incomplete_versions", "gauge", "Versions in the store whose backup has not finished."},
+	{"backy_store_blocks", "gauge", "Distinct blocks stored."},
+	{"backy_store_stored_bytes", "gauge", "Bytes stored in the data backend (objects, after compression and encryption)."},
+	{"backy_store_plain_bytes", "gauge", "Bytes of the distinct blocks before compression."},
+}
+
+// writeMetrics updates the metrics file after a command: the samples of
+// this command (label command="...") and the store-wide gauges are
+// replaced, samples of other commands are kept, so that one file can serve
+// the nightly backup, scrub, enforce and cleanup jobs. The file is
+// replaced atomically (temp file, fsync, rename), as node_exporter's
+// textfile collector requires, under a lock that serialises concurrent
+// backy processes.
+func (e *env) writeMetrics(code int) error {
+	m := e.metrics
+	if m.file == "" || m.command == "" {
+		return nil
+	}
+	lk, err := lockMetrics(m.file)
+	if err != nil {
+		return err
+	}
+	defer lk.Close()
+	samples := map[string]map[string]string{} // metric -> labels -> value
+	if old, err := os.ReadFile(m.file); err == nil {
+		parseSamples(old, samples)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("metrics file: %w", err)
+	}
+	set := func(name, labels string, v any) {
+		if samples[name] == nil {
+			samples[name] = map[string]string{}
+		}
+		samples[name][labels] = fmt.Sprint(v)
+	}
+	lbl := fmt.Sprintf(`{command=%q}`, m.command)
+	set("backy_command_success", lbl, btoi(code == exitOK))
+	set("backy_command_exit_code", lbl, code)
+	set("backy_command_last_run_timestamp_seconds", lbl, time.Now().Unix())
+	set("backy_command_duration_seconds", lbl, fmt.Sprintf("%.3f", time.Since(m.start).Seconds()))
+	set("backy_command_bytes_processed", lbl, m.bytesProcessed)
+	set("backy_command_blocks_checked", lbl, m.blocksChecked)
+	if e.cfg != nil {
+		if st, err := storeGauges(e.cfg.Meta.Path); err == nil {
+			for name, v := range st {
+				set(name, "", v)
+			}
+		} else {
+			e.log.Debug("metrics: no store figures", "err", err)
+		}
+	}
+	var b bytes.Buffer
+	for _, d := range metricDefs {
+		vals := samples[d.name]
+		if len(vals) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", d.name, d.help, d.name, d.typ)
+		keys := make([]string, 0, len(vals))
+		for k := range vals {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%s%s %s\n", d.name, k, vals[k])
+		}
+	}
+	return atomicWrite(m.file, b.Bytes())
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// storeGauges reads the store-wide figures; a store that does not exist or
+// cannot be opened (newer schema) yields an error and no figures.
+func storeGauges(dbPath string) (map[string]int64, error) {
+	if _, err := os.Stat(dbPath); err != nil {
+		return nil, err
+	}
+	db, err := metastore.Open(dbPath, metastore.Options{LockTimeout: 10 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	st, err := db.Stats()
+	if err != nil {
+		return nil, err
+	}
+	var invalid, incomplete int64
+	if _, err := db.Versions(func(v *metastore.Version) bool {
+		switch v.Status {
+		case metastore.StatusInvalid:
+			invalid++
+		case metastore.StatusIncomplete:
+			incomplete++
+		}
+		return false
+	}); err != nil {
+		return nil, err
+	}
+	return map[string]int64{
+		"backy_store_versions": int64(st.Versions), "backy_store_invalid_versions": invalid,
+		"backy_store_incomplete_versions": incomplete, "backy_store_blocks": st.Blocks,
+		"backy_store_stored_bytes": st.StoredBytes, "backy_store_plain_bytes": st.PlainBytes,
+	}, nil
+}
+
+// parseSamples reads the samples of backy's metrics from an earlier file
+// (comments and metrics backy does not write are dropped).
+func parseSamples(data []byte, into map[string]map[string]string) {
+	known := map[string]bool{}
+	for _, d := range metricDefs {
+		known[d.name] = true
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		sp := strings.LastIndexByte(line, ' ')
+		if sp < 0 {
+			continue
+		}
+		series, value := line[:sp], line[sp+1:]
+		name, labels := series, ""
+		if i := strings.IndexByte(series, '{'); i >= 0 {
+			name, labels = series[:i], series[i:]
+		}
+		if !known[name] {
+			continue
+		}
+		if into[name] == nil {
+			into[name] = map[string]string{}
+		}
+		into[name][labels] = value
+	}
+}
+
+// lockMetrics serialises writers of one metrics file (flock on a lock
+// file beside it; released when the process dies).
+func lockMetrics(path string) (*os.File, error) {
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("metrics file: %w", err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("metrics file: locking: %w", err)
+	}
+	return f, nil
+}
+
+// atomicWrite replaces path with data: temp file in the same directory,
+// fsync, rename, directory fsync. Readers see the old or the new file.
+func atomicWrite(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	// A name node_exporter ignores (it reads *.prom only).
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("metrics file: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("metrics file: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
