@@ -96,6 +96,36 @@ func LockCreate(dbPath string) (*Lock, error) {
 // other command to finish. Only schema migrations use it.
 func LockStoreExclusive(dbPath string) (*Lock, error) { return lockStore(dbPath, true) }
 
+// writersLockPath is the lock every process that stores block objects
+// holds shared for its whole run, and the orphan sweep holds exclusively.
+func (db *DB) writersLockPath() string { return filepath.Join(LockDir(db.path), "writers.lock") }
+
+// LockWriter takes the writers lock shared. Every process that stores
+// block objects (backup, migrate-encryption) holds it from before its first
+// Put until it has committed or given up, so that an object no record
+// names while no one holds it is debris ('cleanup --orphans'). It waits
+// while an orphan sweep holds the lock exclusively, calling waiting (if
+// non-nil) with the holder once, first.
+func (db *DB) LockWriter(waiting func(error)) (*Lock, error) {
+	const what = "an orphan sweep ('backy cleanup --orphans') is running on this store"
+	lk, err := lockFile(db.writersLockPath(), false, false, what)
+	if err == nil || !errors.Is(err, ErrLocked) {
+		return lk, err
+	}
+	if waiting != nil {
+		waiting(err)
+	}
+	return lockFile(db.writersLockPath(), false, true, what)
+}
+
+// LockWritersExclusive takes the writers lock exclusively: no backup or
+// migration stores objects while it is held. With wait false it fails at
+// once (ErrLocked) when one is running.
+func (db *DB) LockWritersExclusive(wait bool) (*Lock, error) {
+	return lockFile(db.writersLockPath(), true, wait,
+		"a backup or migrate-encryption is running on this store, and 'cleanup --orphans' needs none to run (without --no-wait it waits for them)")
+}
+
 // LockMode says how a version is locked.
 type LockMode int
 

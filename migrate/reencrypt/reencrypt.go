@@ -174,6 +174,13 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 		}
 	}
 
+	// New objects are debris until their switch commits; 'cleanup
+	// --orphans' takes this lock exclusively, so it never sees them early.
+	wlk, err := db.LockWriter(func(err error) { log.Warn("waiting for the writers lock", "reason", err) })
+	if err != nil {
+		return nil, err
+	}
+	defer wlk.Unlock()
 	m := &migration{st: st, db: db, o: o, log: log, res: res, target: target, total: total, isBad: map[block.ID]bool{}}
 	// Finish what an interrupted run (or backup) left in the trash first.
 	if err := m.drainTrash(ctx); err != nil {

@@ -160,6 +160,13 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 	if o.Hints != nil {
 		e.hmap = hints.NewMap(o.Hints, e.bs, e.size)
 	}
+	// Objects stored but not committed are debris only once no writer
+	// holds this lock ('cleanup --orphans' takes it exclusively).
+	wlk, err := db.LockWriter(func(err error) { e.log.Warn("waiting for the writers lock", "reason", err) })
+	if err != nil {
+		return nil, err
+	}
+	defer wlk.Unlock()
 	if o.Base != nil {
 		lk, err := e.useBase(o.Base)
 		if err != nil {

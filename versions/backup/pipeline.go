@@ -413,9 +413,13 @@ func (c *commitState) commit(ctx context.Context, final bool, start time.Time) e
 			},
 		})
 		var missing *metastore.MissingBlocksError
-		if errors.As(err, &missing) && attempt < 3 {
+		if errors.As(err, &missing) && attempt <= len(c.dedupIdx) {
 			// A cleanup removed blocks we deduplicated against: store
-			// them again from the source.
+			// them again from the source. A block stored again has its
+			// record in the commit, so it cannot go missing again: each
+			// attempt fixes at least one deduplicated block, and a
+			// cleanup deleting unreferenced blocks in batches while we
+			// retry cannot make this fail (a fixed bound of 3 could).
 			e.log.Warn("deduplicated blocks were removed meanwhile; storing them again", "blocks", len(missing.IDs))
 			if err := c.restore(ctx, missing.IDs); err != nil {
 				return err
