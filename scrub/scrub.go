@@ -1,0 +1,822 @@
+package scrub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/metastore/blockmap"
+)
+
+// Kinds of scrub, as recorded in metastore.ScrubRecord.Kind.
+const (
+	KindScrub = "scrub"
+	KindDeep  = "deep-scrub"
+)
+
+// Kinds of failure.
+const (
+	// FailMissing: the object a record names does not exist.
+	FailMissing = "missing"
+	// FailCorrupt: the object has the wrong size, or (deep) does not open
+	// or verify.
+	FailCorrupt = "corrupt"
+	// FailMetadata: the version's map or a block record is inconsistent.
+	FailMetadata = "metadata"
+	// FailSource: the block differs from the source image.
+	FailSource = "source"
+)
+
+// Errors of Run.
+var (
+	// ErrDamage: the scrub ran to its end and found damage (listed in the
+	// Result and recorded in the metastore).
+	ErrDamage = errors.New("scrub found damage")
+	// ErrNoVersions: the selection names no version (an unknown volume).
+	ErrNoVersions = errors.New("no versions to scrub")
+	// ErrSourceSize: the source image has another size than the version.
+	ErrSourceSize = errors.New("the source's size differs from the version's")
+	// ErrOptions: the options contradict each other.
+	ErrOptions = errors.New("invalid scrub options")
+)
+
+// BlockStore is what the engine needs of a blockstore.Store.
+type BlockStore interface {
+	// Get reads and verifies a block (deep-scrub).
+	Get(ctx context.Context, rec block.Record, buf []byte) ([]byte, error)
+	// Check verifies that the object exists with its stored size (scrub).
+	Check(ctx context.Context, rec block.Record) error
+}
+
+// KeyChecker is implemented by block stores that can tell up front
+// whether they hold the key of an encryption version (blockstore.Store
+// does); a deep-scrub uses it to refuse, before it reads anything, a
+// version whose blocks need a key that is not configured.
+type KeyChecker interface {
+	CanOpen(encVersion uint16) error
+}
+
+// Source is the image a deep-scrub compares a version with.
+type Source interface {
+	ReadAt(p []byte, off int64) (int, error)
+	Size() int64
+}
+
+// Options describes a scrub.
+type Options struct {
+	// Deep reads and verifies every sampled block.
+	Deep bool
+	// The selection: the versions named by UIDs, or every version (All),
+	// or those of Volume. Incomplete versions (a backup running or
+	// killed, a removal) are skipped and listed in Result.Skipped.
+	UIDs   []string
+	All    bool
+	Volume string
+	// Percent is the share of blocks checked, in (0, 100]; 0 means 100.
+	// A block is sampled by a hash of its identity (and the seed), so a
+	// block shared by versions is sampled for all or none of them.
+	Percent float64
+	// Seed makes the sample reproducible; 0 draws a random seed (reported
+	// in Result.Seed).
+	Seed uint64
+	// Source (deep only, one version only) is compared with the version.
+	Source Source
+	// Workers check blocks in parallel; 0 = 2 x GOMAXPROCS + 4 (deep) or
+	// 16 (scrub: stat calls wait on the backend).
+	Workers  int
+	Progress func(Progress)
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Progress reports a running scrub: block positions of the selected
+// versions looked at, and in all.
+type Progress struct {
+	Done, Total int64
+}
+
+// Failure is one problem found.
+type Failure struct {
+	// Version is the version in which it was found first (a shared block
+	// is checked, and listed, once).
+	Version string `json:"version"`
+	// Index is the block's position in that version (-1 for the map as a
+	// whole).
+	Index  int64  `json:"index"`
+	ID     string `json:"id,omitempty"`
+	Kind   string `json:"kind"`
+	Reason string `json:"reason"`
+}
+
+// VersionResult is the outcome for one scrubbed version, as recorded in
+// its LastScrub.
+type VersionResult struct {
+	UID    string           `json:"uid"`
+	Volume string           `json:"volume"`
+	Status metastore.Status `json:"status"` // after the scrub
+	OK     bool             `json:"ok"`
+	// BlocksChecked counts the sampled non-sparse block positions (and,
+	// with a source, the sparse ones) of the version; BlocksBad those
+	// found bad (here or, for a shared block, in another version of the
+	// run) plus positions with broken metadata.
+	BlocksChecked int64 `json:"blocks_checked"`
+	BlocksBad     int64 `json:"blocks_bad"`
+}
+
+// Skipped is a selected version that was not scrubbed.
+type Skipped struct {
+	UID    string `json:"uid"`
+	Reason string `json:"reason"`
+}
+
+// Result summarises a scrub.
+type Result struct {
+	Kind     string          `json:"kind"`
+	Percent  float64         `json:"percent"`
+	Seed     uint64          `json:"seed"`
+	Versions []VersionResult `json:"versions"`
+	Skipped  []Skipped       `json:"skipped,omitempty"`
+	// BlocksChecked counts distinct blocks checked (stat or read);
+	// BytesVerified the plaintext bytes a deep-scrub read and verified.
+	BlocksChecked int64 `json:"blocks_checked"`
+	BytesVerified int64 `json:"bytes_verified"`
+	// Failures lists the problems found (at most 10,000);
+	// FailuresTotal counts them all.
+	Failures      []Failure `json:"failures"`
+	FailuresTotal int64     `json:"failures_total"`
+	// InvalidVersions are the versions using a block this run found bad,
+	// or whose map is damaged: all of them are invalid now.
+	InvalidVersions []string `json:"invalid_versions,omitempty"`
+	// BlocksHealed counts blocks marked invalid that a deep-scrub found
+	// intact (now valid); ValidVersions the versions made valid again.
+	BlocksHealed    int64    `json:"blocks_healed"`
+	ValidVersions   []string `json:"valid_versions,omitempty"`
+	DurationSeconds float64  `json:"duration_seconds"`
+}
+
+// maxListed bounds the failures listed one by one; the rest are counted.
+const maxListed = 10000
+
+// block states in the run's set of checked blocks.
+const (
+	statePending uint8 = iota
+	stateGood
+	stateBad
+)
+
+type pageKey struct {
+	id blockmap.PageID
+	// lastLen is the expected length of the page's last entry's block:
+	// the block size except for the last page of a version whose size is
+	// not a multiple of it.
+	lastLen int64
+}
+
+type pageInfo struct {
+	sampled  int64 // sampled positions (BlocksChecked)
+	metaBad  int64 // positions with broken metadata
+	problems bool
+}
+
+type run struct {
+	st     BlockStore
+	db     *metastore.DB
+	o      Options
+	log    *slog.Logger
+	thresh uint64 // sample when hash < thresh (all when percent is 100)
+	all    bool
+
+	mu       sync.Mutex // guards what follows
+	res      *Result
+	seen     map[block.ID]uint8
+	bad      map[block.ID]bool // blocks found bad in this run
+	done     int64
+	total    int64
+	pages    map[pageKey]pageInfo
+	listed   map[string]bool // invalid versions listed
+	validSet map[string]bool
+}
+
+// Run scrubs the selected versions. Damage found is recorded in the
+// metastore and listed in the Result, and Run returns an error wrapping
+// ErrDamage. A version named in UIDs that is locked by another process
+// (being written or removed) is skipped, and, if nothing was damaged, Run
+// returns an error wrapping metastore.ErrLocked. Errors that stop the
+// scrub (I/O errors of the backend, a missing key, cancellation) return
+// with the Result so far.
+func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Result, error) {
+	start := time.Now()
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Percent == 0 {
+		o.Percent = 100
+	}
+	if !(o.Percent > 0 && o.Percent <= 100) {
+		return nil, fmt.Errorf("%w: percent %v is not in (0, 100]", ErrOptions, o.Percent)
+	}
+	if o.Source != nil && !o.Deep {
+		return nil, fmt.Errorf("%w: a source is compared by a deep-scrub only", ErrOptions)
+	}
+	if o.Seed == 0 {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		o.Seed = binary.LittleEndian.Uint64(b[:]) | 1
+	}
+	if o.Workers <= 0 {
+		o.Workers = 16
+		if o.Deep {
+			o.Workers = 2*runtime.GOMAXPROCS(0) + 4
+		}
+	}
+	kind := KindScrub
+	if o.Deep {
+		kind = KindDeep
+	}
+	vs, err := selectVersions(db, o)
+	if err != nil {
+		return nil, err
+	}
+	if o.Source != nil && len(vs) != 1 {
+		return nil, fmt.Errorf("%w: a source is compared with one version, %d are selected", ErrOptions, len(vs))
+	}
+	if o.Source != nil && o.Source.Size() != vs[0].Size {
+		return nil, fmt.Errorf("%w: the source has %d bytes, version %s %d", ErrSourceSize, o.Source.Size(), vs[0].UID, vs[0].Size)
+	}
+	r := &run{
+		st: st, db: db, o: o, log: o.Logger, all: o.Percent >= 100,
+		res:   &Result{Kind: kind, Percent: o.Percent, Seed: o.Seed, Versions: []VersionResult{}, Failures: []Failure{}},
+		seen:  map[block.ID]uint8{},
+		bad:   map[block.ID]bool{},
+		pages: map[pageKey]pageInfo{}, listed: map[string]bool{}, validSet: map[string]bool{},
+	}
+	if !r.all {
+		r.thresh = uint64(o.Percent / 100 * math.MaxUint64)
+	}
+	if kc, ok := st.(KeyChecker); ok && o.Deep {
+		for _, v := range vs {
+			if err := checkKeys(db, v, kc); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, v := range vs {
+		r.total += v.Blocks()
+	}
+	var lockErr error
+	for _, v := range vs {
+		if err := ctx.Err(); err != nil {
+			return r.finish(start), err
+		}
+		if err := r.version(ctx, v.UID); err != nil {
+			if errors.Is(err, metastore.ErrLocked) {
+				r.res.Skipped = append(r.res.Skipped, Skipped{UID: v.UID, Reason: err.Error()})
+				r.log.Info("version skipped: locked by another process", "version", v.UID)
+				if len(o.UIDs) > 0 && lockErr == nil {
+					lockErr = err
+				}
+				continue
+			}
+			return r.finish(start), err
+		}
+	}
+	res := r.finish(start)
+	if res.FailuresTotal > 0 {
+		return res, fmt.Errorf("%w: %d problem(s) listed; %d version(s) invalid", ErrDamage, res.FailuresTotal, len(res.InvalidVersions))
+	}
+	return res, lockErr
+}
+
+func (r *run) finish(start time.Time) *Result {
+	slices.Sort(r.res.InvalidVersions)
+	slices.Sort(r.res.ValidVersions)
+	r.res.DurationSeconds = time.Since(start).Seconds()
+	return r.res
+}
+
+// selectVersions resolves the selection.
+func selectVersions(db *metastore.DB, o Options) ([]*metastore.Version, error) {
+	n := 0
+	if len(o.UIDs) > 0 {
+		n++
+	}
+	if o.All {
+		n++
+	}
+	if o.Volume != "" {
+		n++
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("%w: select versions by uid, all, or volume (one of them)", ErrOptions)
+	}
+	if len(o.UIDs) > 0 {
+		var out []*metastore.Version
+		seen := map[string]bool{}
+		for _, uid := range o.UIDs {
+			if seen[uid] {
+				continue
+			}
+			seen[uid] = true
+			v, err := db.Version(uid)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		}
+		return out, nil
+	}
+	vs, err := db.Versions(func(v *metastore.Version) bool { return o.All || v.Volume == o.Volume })
+	if err != nil {
+		return nil, err
+	}
+	if len(vs) == 0 && !o.All {
+		return nil, fmt.Errorf("%w: volume %q has no versions", ErrNoVersions, o.Volume)
+	}
+	return vs, nil
+}
+
+// checkKeys fails (wrapping object.ErrNoKey) if some block of v is stored
+// at an encryption version kc has no key for.
+func checkKeys(db *metastore.DB, v *metastore.Version, kc KeyChecker) error {
+	stats, err := db.EncStats()
+	if err != nil {
+		return err
+	}
+	var lacking []uint16
+	for ev := range stats {
+		if kc.CanOpen(ev) != nil {
+			lacking = append(lacking, ev)
+		}
+	}
+	if len(lacking) == 0 {
+		return nil
+	}
+	used, err := db.EncVersionsOf(v.UID)
+	if errors.Is(err, metastore.ErrCorrupt) {
+		return nil // the scrub reports the damaged map
+	}
+	if err != nil {
+		return err
+	}
+	slices.Sort(lacking)
+	for _, ev := range lacking {
+		if used[ev] > 0 {
+			return fmt.Errorf("version %s has %d block(s) at encryption version %d: %w", v.UID, used[ev], ev, kc.CanOpen(ev))
+		}
+	}
+	return nil
+}
+
+// splitmix64 is a bijective 64-bit mixer.
+func splitmix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
+}
+
+// sampled reports whether the block id (at position idx, for sparse
+// blocks) is in the sample.
+func (r *run) sampled(id block.ID, idx int64) bool {
+	if r.all {
+		return true
+	}
+	var x uint64
+	if id.IsSparse() {
+		x = splitmix64(uint64(idx) ^ 0x5a5a5a5a5a5a5a5a)
+	} else {
+		x = binary.LittleEndian.Uint64(id[:8]) ^ binary.LittleEndian.Uint64(id[8:16])
+	}
+	return splitmix64(x^r.o.Seed) < r.thresh
+}
+
+func (r *run) fail(f Failure) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.res.FailuresTotal++
+	if len(r.res.Failures) < maxListed {
+		r.res.Failures = append(r.res.Failures, f)
+	}
+	r.log.Info("scrub: damage found", "version", f.Version, "block", f.Index, "kind", f.Kind, "reason", f.Reason)
+}
+
+func (r *run) progress(n int64) {
+	if r.o.Progress == nil {
+		return
+	}
+	r.mu.Lock()
+	r.done += n
+	p := Progress{Done: r.done, Total: r.total}
+	r.mu.Unlock()
+	r.o.Progress(p)
+}
+
+// job is one block position to check.
+type job struct {
+	idx     int64
+	off     int64 // the block's offset in the version
+	n       int64 // the block's length at this position
+	id      block.ID
+	rec     block.Record
+	check   bool // check the object (first time the block is seen)
+	compare bool // compare with the source
+}
+
+// vstate is the state of the scrub of one version.
+type vstate struct {
+	mu      sync.Mutex
+	srcBad  int64
+	metaBad int64
+	broken  bool           // the map itself is damaged
+	newBad  []block.ID     // blocks found bad while scrubbing this version
+	healed  []block.Record // invalid blocks found intact
+}
+
+// version scrubs one version under its shared lock.
+func (r *run) version(ctx context.Context, uid string) error {
+	lk, err := r.db.LockVersion(uid, metastore.Shared)
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	v, err := r.db.Version(uid) // as it is now that we hold the lock
+	if err != nil {
+		return err
+	}
+	if v.Status == metastore.StatusIncomplete || v.Removing {
+		reason := "incomplete (a backup is running, or was killed: resume or remove it)"
+		if v.Removing {
+			reason = "being removed"
+		}
+		r.mu.Lock()
+		r.res.Skipped = append(r.res.Skipped, Skipped{UID: uid, Reason: reason})
+		r.total -= v.Blocks()
+		r.mu.Unlock()
+		return nil
+	}
+	at := r.o.Now()
+	bs, size, nBlk := v.BlockSize, v.Size, v.Blocks()
+	vs := &vstate{}
+	vr := VersionResult{UID: uid, Volume: v.Volume}
+	meta := func(idx int64, id block.ID, format string, args ...any) {
+		f := Failure{Version: uid, Index: idx, Kind: FailMetadata, Reason: fmt.Sprintf(format, args...)}
+		if !id.IsSparse() {
+			f.ID = id.String()
+		}
+		r.fail(f)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := make(chan job, 2*r.o.Workers)
+	g.Go(func() error {
+		defer close(jobs)
+		var covered int64 // positions the map covers
+		short := false    // a page before this one was not full
+		err := r.db.ScrubMap(uid, func(c metastore.ScrubChunk) error {
+			if short {
+				meta(c.First, block.Sparse, "page %d of the map follows a page that is not full", c.Page)
+				vs.broken = true
+			}
+			if c.Problem != "" {
+				meta(c.First, block.Sparse, "%s", c.Problem)
+				vs.broken = true
+				// Every page but the last is full: count what it would cover.
+				covered += max(0, min(blockmap.PageEntries, nBlk-c.First))
+				return nil
+			}
+			covered += int64(len(c.IDs))
+			short = len(c.IDs) != blockmap.PageEntries
+			end := c.First + int64(len(c.IDs))
+			key := pageKey{id: c.PageID, lastLen: bs}
+			if end >= nBlk && nBlk > 0 {
+				key.lastLen = size - (nBlk-1)*bs
+			}
+			if r.o.Source == nil {
+				r.mu.Lock()
+				info, ok := r.pages[key]
+				r.mu.Unlock()
+				if ok && end <= nBlk {
+					// Walked already in this run: its blocks are in the
+					// checked set; only count.
+					vr.BlocksChecked += info.sampled
+					vs.metaBad += info.metaBad
+					if info.problems {
+						vs.broken = true
+					}
+					r.progress(int64(len(c.IDs)))
+					return nil
+				}
+			}
+			unref := map[int]bool{}
+			for _, k := range c.Unreferenced {
+				unref[k] = true
+			}
+			var info pageInfo
+			for k, id := range c.IDs {
+				idx := c.First + int64(k)
+				if idx >= nBlk {
+					break // reported below: the map is longer than the version
+				}
+				n := min(bs, size-idx*bs)
+				if !c.Found[k] {
+					meta(idx, id, "block %s has no record in the metastore", id.Short())
+					info.metaBad++
+					continue
+				}
+				if unref[k] {
+					meta(idx, id, "the record of block %s counts no reference", id.Short())
+					info.metaBad++
+				}
+				rec := c.Records[k]
+				if !id.IsSparse() && int64(rec.Size) != n {
+					meta(idx, id, "the record of block %s holds %d bytes, the block at this position has %d", id.Short(), rec.Size, n)
+					info.metaBad++
+					continue
+				}
+				if !r.sampled(id, idx) {
+					continue
+				}
+				j := job{idx: idx, off: idx * bs, n: n, id: id, rec: rec, compare: r.o.Source != nil}
+				if !id.IsSparse() {
+					info.sampled++
+					r.mu.Lock()
+					if _, ok := r.seen[id]; !ok {
+						r.seen[id] = statePending
+						j.check = true
+					}
+					r.mu.Unlock()
+				} else if j.compare {
+					info.sampled++
+				}
+				if !j.check && !j.compare {
+					continue
+				}
+				select {
+				case jobs <- j:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+			if info.metaBad > 0 {
+				info.problems = true
+				vs.broken = true
+			}
+			vr.BlocksChecked += info.sampled
+			vs.metaBad += info.metaBad
+			if r.o.Source == nil {
+				r.mu.Lock()
+				r.pages[key] = info
+				r.mu.Unlock()
+			}
+			r.progress(int64(len(c.IDs)))
+			return nil
+		})
+		if err != nil {
+			if errors.Is(err, metastore.ErrCorrupt) {
+				meta(-1, block.Sparse, "%v", err)
+				vs.broken = true
+				return nil
+			}
+			return err
+		}
+		if covered != nBlk {
+			meta(-1, block.Sparse, "the map covers %d blocks, the version has %d", covered, nBlk)
+			vs.broken = true
+		}
+		return nil
+	})
+	for range r.o.Workers {
+		g.Go(func() error { return r.worker(gctx, uid, vs, jobs) })
+	}
+	werr := g.Wait()
+	// Record the damage found, whatever else happened.
+	if len(vs.newBad) > 0 {
+		uids, err := r.db.MarkInvalid(vs.newBad)
+		if err != nil {
+			return errors.Join(werr, fmt.Errorf("recording %d damaged block(s) as invalid: %w", len(vs.newBad), err))
+		}
+		r.addInvalid(uids...)
+	}
+	if werr != nil {
+		return werr
+	}
+	if vs.broken {
+		if _, err := r.db.MarkVersionInvalid(uid); err != nil {
+			return fmt.Errorf("recording version %s as invalid: %w", uid, err)
+		}
+		r.addInvalid(uid)
+	}
+	// Positions of this version whose block was found bad in this run
+	// (here, or earlier in another version) need a second look at the map.
+	bad := vs.srcBad + vs.metaBad
+	r.mu.Lock()
+	nb := len(r.bad)
+	r.mu.Unlock()
+	if nb > 0 {
+		err := r.db.ScrubMap(uid, func(c metastore.ScrubChunk) error {
+			for k, id := range c.IDs {
+				if c.First+int64(k) < nBlk && r.bad[id] && c.Found[k] && r.sampled(id, c.First+int64(k)) {
+					bad++
+				}
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, metastore.ErrCorrupt) {
+			return err
+		}
+	}
+	if r.o.Deep {
+		if len(vs.healed) > 0 {
+			healed, uids, err := r.db.MarkValid(vs.healed)
+			if err != nil {
+				return fmt.Errorf("recording %d healed block(s) as valid: %w", len(vs.healed), err)
+			}
+			r.addValid(int64(len(healed)), uids...)
+			if len(healed) > 0 {
+				r.log.Info("invalid blocks found intact are valid again", "blocks", len(healed), "versions", uids)
+			}
+		}
+		if bad == 0 && !vs.broken {
+			changed, err := r.db.Revalidate(uid)
+			if err != nil {
+				return err
+			}
+			if changed {
+				r.addValid(0, uid)
+			}
+		}
+	}
+	vr.BlocksBad = bad
+	vr.OK = bad == 0 && !vs.broken
+	if err := r.db.SetLastScrub(uid, metastore.ScrubRecord{
+		At: at.UTC(), Kind: r.res.Kind, Percent: r.o.Percent, OK: vr.OK,
+		BlocksChecked: vr.BlocksChecked, BlocksBad: vr.BlocksBad,
+	}); err != nil {
+		return err
+	}
+	now, err := r.db.Version(uid)
+	if err != nil {
+		return err
+	}
+	vr.Status = now.Status
+	r.mu.Lock()
+	r.res.Versions = append(r.res.Versions, vr)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *run) addInvalid(uids ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, u := range uids {
+		if !r.listed[u] {
+			r.listed[u] = true
+			r.res.InvalidVersions = append(r.res.InvalidVersions, u)
+		}
+	}
+}
+
+func (r *run) addValid(healed int64, uids ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.res.BlocksHealed += healed
+	for _, u := range uids {
+		if !r.validSet[u] {
+			r.validSet[u] = true
+			r.res.ValidVersions = append(r.res.ValidVersions, u)
+		}
+	}
+}
+
+// worker checks the blocks of jobs.
+func (r *run) worker(ctx context.Context, uid string, vs *vstate, jobs <-chan job) error {
+	var buf, src []byte
+	if r.o.Deep {
+		buf = make([]byte, 0, 64<<10)
+	}
+	for j := range jobs {
+		if j.check {
+			if err := r.checkBlock(ctx, uid, vs, j, &buf); err != nil {
+				return err
+			}
+		}
+		if j.compare {
+			if int64(cap(src)) < j.n {
+				src = make([]byte, j.n)
+			}
+			p := src[:j.n]
+			if n, err := r.o.Source.ReadAt(p, j.off); int64(n) != j.n {
+				if err == nil {
+					err = io.ErrUnexpectedEOF
+				}
+				return fmt.Errorf("reading the source at byte %d (block %d): %w", j.off, j.idx, err)
+			}
+			if err := r.compare(p, j); err != "" {
+				vs.mu.Lock()
+				vs.srcBad++
+				vs.mu.Unlock()
+				f := Failure{Version: uid, Index: j.idx, Kind: FailSource, Reason: err}
+				if !j.id.IsSparse() {
+					f.ID = j.id.String()
+				}
+				r.fail(f)
+			}
+		}
+	}
+	return nil
+}
+
+// compare compares a block of the source with the version's entry.
+func (r *run) compare(p []byte, j job) string {
+	if j.id.IsSparse() {
+		if !block.IsZero(p) {
+			return "the block is sparse (zeros) in the version but holds data in the source"
+		}
+		return ""
+	}
+	if block.Sum(p) != j.id {
+		return fmt.Sprintf("block %s differs from the source", j.id.Short())
+	}
+	return ""
+}
+
+// checkBlock checks one distinct block: its object's size (scrub) or its
+// whole content (deep), following its record if a concurrent
+// migrate-encryption moved it.
+func (r *run) checkBlock(ctx context.Context, uid string, vs *vstate, j job, buf *[]byte) error {
+	rec := j.rec
+	var err error
+	for try := 0; ; try++ {
+		if r.o.Deep {
+			var data []byte
+			data, err = r.st.Get(ctx, rec, (*buf)[:0])
+			if cap(data) > cap(*buf) {
+				*buf = data[:0]
+			}
+			if err == nil {
+				r.mu.Lock()
+				r.res.BytesVerified += int64(len(data))
+				r.mu.Unlock()
+			}
+		} else {
+			err = r.st.Check(ctx, rec)
+		}
+		if err == nil || try == 3 || !(errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt)) {
+			break
+		}
+		look := make([]metastore.Lookup, 1)
+		if lerr := r.db.LookupBlocks([]block.ID{j.id}, look); lerr != nil {
+			return lerr
+		}
+		if !look[0].Found || look[0].Record.Name == rec.Name {
+			break
+		}
+		rec = look[0].Record
+	}
+	state := stateGood
+	switch {
+	case err == nil:
+		if r.o.Deep && rec.Invalid {
+			vs.mu.Lock()
+			vs.healed = append(vs.healed, rec)
+			vs.mu.Unlock()
+		}
+	case errors.Is(err, blockstore.ErrMissing), errors.Is(err, blockstore.ErrCorrupt):
+		state = stateBad
+		kind := FailCorrupt
+		if errors.Is(err, blockstore.ErrMissing) {
+			kind = FailMissing
+		}
+		vs.mu.Lock()
+		vs.newBad = append(vs.newBad, j.id)
+		vs.mu.Unlock()
+		r.fail(Failure{Version: uid, Index: j.idx, ID: j.id.String(), Kind: kind, Reason: err.Error()})
+	default:
+		return fmt.Errorf("block %d of %s: %w", j.idx, uid, err)
+	}
+	r.mu.Lock()
+	r.seen[j.id] = state
+	if state == stateBad {
+		r.bad[j.id] = true
+	}
+	r.res.BlocksChecked++
+	r.mu.Unlock()
+	return nil
+}
