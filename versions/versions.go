@@ -33,6 +33,10 @@ type RemoveOptions struct {
 	// MinAge is disallow_rm_when_younger_than_days as a duration.
 	MinAge time.Duration
 	Now    time.Time
+	// Check, when set, is called with the stored version under its
+	// exclusive lock, after the protection and age checks; an error
+	// refuses the removal (retention uses it to re-check its decision).
+	Check func(*metastore.Version) error
 }
 
 // Remove deletes a version from the metastore. Its blocks become
@@ -63,6 +67,11 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 				ErrTooYoung, uid, age.Round(time.Minute), o.MinAge)
 		}
 	}
+	if o.Check != nil {
+		if err := o.Check(v); err != nil {
+			return err
+		}
+	}
 	return db.RemoveVersion(uid)
 }
 
@@ -70,6 +79,20 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 func SetProtected(db *metastore.DB, uid string, protected bool) (*metastore.Version, error) {
 	return db.UpdateVersion(uid, func(v *metastore.Version) error {
 		v.Protected = protected
+		return nil
+	})
+}
+
+// SetExpire sets a version's expiry date, or clears it when at is nil.
+// 'backy enforce' removes versions whose expiry date has passed (unless
+// protected) and keeps versions whose expiry date is in the future.
+func SetExpire(db *metastore.DB, uid string, at *time.Time) (*metastore.Version, error) {
+	if at != nil {
+		t := at.UTC()
+		at = &t
+	}
+	return db.UpdateVersion(uid, func(v *metastore.Version) error {
+		v.Expire = at
 		return nil
 	})
 }
