@@ -46,6 +46,7 @@ fuzz:
 	$(GO) test ./blockstore/object -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME)
 	$(GO) test ./metastore/blockmap -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./blockstore/keyring -run '^$$' -fuzz FuzzParseRegistration -fuzztime $(FUZZTIME)
+	$(GO) test ./versions/retention -run '^$$' -fuzz FuzzParseRules -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin

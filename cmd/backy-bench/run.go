@@ -209,6 +209,7 @@ func (b *bench) random() error {
 	ebk, ers := b.rep.row("backup random, zstd + aes-256-gcm", b.size), b.rep.row("restore random, zstd + aes-256-gcm", b.size)
 	mig := b.rep.row("migrate-encryption random (none -> zstd + aes-256-gcm)", b.size)
 	mrs := b.rep.row("restore random, after migrate-encryption", b.size)
+	ds := b.rep.row("deep-scrub random (--all: read + verify every block)", b.size)
 	for i := 1; i <= b.runs; i++ {
 		b.logf("random data, run %d/%d: cp, cp+sync, backup, re-backup, restore, restore --sparse; encrypted backup, restore; migrate-encryption", i, b.runs)
 		store := b.path(fmt.Sprintf("store-random-%d", i))
@@ -232,6 +233,9 @@ func (b *bench) random() error {
 			return err
 		}
 		if err := b.restore(rss, store, v.UID, out, sum, "--sparse"); err != nil {
+			return err
+		}
+		if _, err := b.step(ds, func() (result, error) { return b.runBacky(store, "deep-scrub", "--all") }); err != nil {
 			return err
 		}
 		// The same with compression and encryption on, in a new store.
@@ -275,7 +279,7 @@ func (b *bench) random() error {
 			return err
 		}
 	}
-	for _, r := range []*row{bk, re, rs, rss, ebk, ers, mig, mrs} {
+	for _, r := range []*row{bk, re, rs, rss, ds, ebk, ers, mig, mrs} {
 		r.ratio("cp", cp)
 		r.ratio("cp+sync", cps)
 	}

@@ -37,6 +37,7 @@ const exitCodesHelp = `EXIT CODES:
    77   permission denied, or a wrong or missing key
    78   configuration error
    79   the store was written by a newer backy
+   80   scrub or deep-scrub found damage (listed; blocks and versions now marked invalid)
    130  interrupted`
 
 // jsonFlag is accepted globally and after every command.
@@ -87,6 +88,11 @@ func newApp(e *env) *cli.App {
 			cmdProtect(e, true),
 			cmdProtect(e, false),
 			cmdStats(e),
+			cmdEnforce(e),
+			cmdExpire(e),
+			cmdCleanup(e),
+			cmdScrub(e, false),
+			cmdScrub(e, true),
 			cmdMigrateEncryption(e),
 			cmdVersion(e),
 		},

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/hints"
 	"github.com/backy/backy/versions/source"
@@ -29,6 +31,7 @@ func cmdBackup(e *env) *cli.Command {
 			&cli.StringFlag{Name: "from", Usage: "base `VERSION` (valid, same volume) for a differential backup"},
 			&cli.StringFlag{Name: "hints", Usage: "`FILE` of changed extents (rbd diff --format=json); - for stdin"},
 			&cli.StringFlag{Name: "resume", Usage: "finish the incomplete `VERSION` instead of starting a new one"},
+			&cli.StringFlag{Name: "expire", Usage: "expiry `DATE` of the new version for 'backy enforce' (RFC 3339, or YYYY-MM-DD = midnight UTC)"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := args(c, 2, 2, "SOURCE VOLUME"); err != nil {
@@ -41,6 +44,12 @@ func cmdBackup(e *env) *cli.Command {
 			labels, err := parseLabels(c.StringSlice("label"))
 			if err != nil {
 				return err
+			}
+			var expire *time.Time
+			if c.IsSet("expire") {
+				if expire, err = parseBackupExpire(c.String("expire"), time.Now()); err != nil {
+					return err
+				}
 			}
 			if c.IsSet("hints") && !c.IsSet("from") && c.IsSet("resume") {
 				return usageErr("--hints with --resume needs --from as in the interrupted run")
@@ -90,6 +99,16 @@ func cmdBackup(e *env) *cli.Command {
 				return err
 			}
 			e.metrics.bytesProcessed = v.BytesRead
+			if expire != nil {
+				// Set once the version is valid; until then enforce ignores
+				// it, and then it is its volume's newest valid version,
+				// which enforce keeps.
+				ev, err := versions.SetExpire(s.db, v.UID, expire)
+				if err != nil {
+					return fmt.Errorf("version %s was made but its expiry date was not set: %w", v.UID, err)
+				}
+				v = ev
+			}
 			if e.json {
 				return ui.JSON(e.stdout, v)
 			}

@@ -35,9 +35,9 @@ func cmdLs(e *env) *cli.Command {
 					prot = "yes"
 				}
 				rows = append(rows, []string{v.UID, v.Date.UTC().Format(time.DateTime), v.Volume, v.Snapshot,
-					ui.Bytes(v.Size), string(v.Status), prot, labelString(v.Labels)})
+					ui.Bytes(v.Size), string(v.Status), prot, labelString(v.Labels), lastScrub(v.LastScrub)})
 			}
-			return ui.Table(e.stdout, []string{"UID", "DATE (UTC)", "VOLUME", "SNAPSHOT", "SIZE", "STATUS", "PROTECTED", "LABELS"}, rows)
+			return ui.Table(e.stdout, []string{"UID", "DATE (UTC)", "VOLUME", "SNAPSHOT", "SIZE", "STATUS", "PROTECTED", "LABELS", "LAST SCRUB (UTC)"}, rows)
 		}),
 	}
 }

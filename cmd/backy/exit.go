@@ -16,6 +16,7 @@ import (
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/migrate/reencrypt"
+	"github.com/backy/backy/scrub"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/hints"
@@ -39,6 +40,7 @@ const (
 	exitNoPerm       = 77  // permission denied, wrong or missing key
 	exitConfig       = 78  // configuration error
 	exitIncompatible = 79  // the store was written by a newer backy
+	exitDamage       = 80  // scrub or deep-scrub ran to its end and found damage (now recorded)
 	exitInterrupted  = 130 // interrupted (Ctrl-C, SIGTERM)
 )
 
@@ -75,6 +77,12 @@ func exitCode(err error) int {
 		return exitLocked
 	case errors.Is(err, object.ErrNoKey), errors.Is(err, keyring.ErrWrongKey), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, fs.ErrPermission):
 		return exitNoPerm
+	case errors.Is(err, scrub.ErrDamage):
+		return exitDamage
+	case errors.Is(err, scrub.ErrOptions):
+		return exitUsage
+	case errors.Is(err, scrub.ErrSourceSize):
+		return exitDataErr
 	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged):
 		return exitDataErr
 	case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrMissing), errors.Is(err, restore.ErrNotRestorable),
@@ -84,7 +92,7 @@ func exitCode(err error) int {
 	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists):
 		return exitCantCreate
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, metastore.ErrVersionNotFound), errors.Is(err, metastore.ErrNoStore),
-		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume):
+		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions):
 		return exitNotFound
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
 		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported):
@@ -110,6 +118,8 @@ func hint(err error, code int) string {
 		if errors.Is(err, blockstore.ErrCorrupt) || errors.Is(err, blockstore.ErrMissing) || errors.Is(err, restore.ErrBadBlocks) {
 			return "the damaged blocks are now marked invalid; a new backup stores fresh copies"
 		}
+	case exitDamage:
+		return "damaged blocks and the versions using them are marked invalid; a new backup stores fresh copies, and a deep-scrub makes valid again what reads back intact"
 	case exitInterrupted:
 		return "a version left incomplete can be finished with 'backy backup --resume VERSION' or removed with 'backy rm'"
 	case exitUsage:

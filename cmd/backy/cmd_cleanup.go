@@ -1,0 +1,75 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/versions/cleanup"
+)
+
+func cmdCleanup(e *env) *cli.Command {
+	return &cli.Command{
+		Name:  "cleanup",
+		Usage: "delete stored blocks that no version references, and report the space freed",
+		Description: "Deletes every stored block whose reference count is zero (after 'backy rm' or 'backy enforce')\n" +
+			"and every object left in the metastore's trash. Exact and safe while backups, restores, scrubs\n" +
+			"and migrations run: a backup that deduplicated against a block being deleted stores it again.\n" +
+			"With --orphans it also lists the data backend and deletes the objects the metastore does not\n" +
+			"know (debris of killed backups and migrations) and stale temporary files; that waits until no\n" +
+			"backup or migrate-encryption runs, and holds new ones back while it runs (--no-wait: exit 75).",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "orphans", Usage: "also delete objects in the data backend that the metastore does not know"},
+			&cli.BoolFlag{Name: "no-wait", Usage: "with --orphans: fail (exit 75) instead of waiting for running backups and migrations"},
+		},
+		Action: e.withStore(0, 0, "no arguments", func(c *cli.Context, s *store) error {
+			if c.Bool("no-wait") && !c.Bool("orphans") {
+				return usageErr("--no-wait applies to --orphans only")
+			}
+			if c.Bool("orphans") && !c.Bool("no-wait") {
+				if lk, err := s.db.LockWritersExclusive(false); err == nil {
+					lk.Unlock()
+				} else {
+					e.log.Warn("waiting for running backups and migrations to finish before the orphan sweep")
+				}
+			}
+			res, err := cleanup.Run(c.Context, s.be, s.db, cleanup.Options{
+				Orphans: c.Bool("orphans"), NoWait: c.Bool("no-wait"), Workers: e.cfg.Defaults.Workers, Logger: e.log,
+			})
+			if res == nil {
+				return err
+			}
+			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesFreed, res.BlocksDeleted
+			if res.Orphans != nil {
+				e.metrics.bytesProcessed += res.Orphans.Bytes
+			}
+			if e.json {
+				if jerr := ui.JSON(e.stdout, res); jerr != nil {
+					return jerr
+				}
+				return err
+			}
+			rows := [][]string{
+				{"unreferenced blocks deleted", fmt.Sprint(res.BlocksDeleted)},
+				{"space freed (stored bytes)", fmt.Sprintf("%s (%d)", ui.Bytes(res.BytesFreed), res.BytesFreed)},
+				{"plain bytes of those blocks", ui.Bytes(res.PlainBytesFreed)},
+				{"other trash objects deleted", fmt.Sprint(res.TrashDeleted)},
+			}
+			if o := res.Orphans; o != nil {
+				rows = append(rows,
+					[]string{"objects listed", fmt.Sprint(o.Listed)},
+					[]string{"orphans deleted", fmt.Sprint(o.Objects)},
+					[]string{"orphan bytes freed", fmt.Sprintf("%s (%d)", ui.Bytes(o.Bytes), o.Bytes)},
+					[]string{"stale temporary files removed", fmt.Sprint(o.TempFiles)},
+					[]string{"foreign objects left alone", fmt.Sprint(o.Foreign)},
+				)
+			}
+			rows = append(rows, []string{"duration", fmt.Sprintf("%.2fs", res.DurationSeconds)})
+			if terr := ui.Table(e.stdout, []string{"FIELD", "VALUE"}, rows); terr != nil {
+				return terr
+			}
+			return err
+		}),
+	}
+}
