@@ -18,11 +18,15 @@ import (
 // timezoneFlag selects the zone of retention's calendar buckets and of
 // YYYY-MM-DD dates.
 func timezoneFlag(usage string) *cli.StringFlag {
-	return &cli.StringFlag{Name: "timezone", Value: "UTC", Usage: usage + " (IANA `ZONE` name such as Europe/Berlin, or Local)"}
+	return &cli.StringFlag{Name: "timezone", Usage: usage + " (IANA `ZONE` name such as Europe/Berlin, or Local; default: timezone of the configuration, UTC)"}
 }
 
-func loadZone(c *cli.Context) (*time.Location, error) {
+func loadZone(c *cli.Context, e *env) (*time.Location, error) {
 	name := c.String("timezone")
+	if !c.IsSet("timezone") {
+		// Validated by the configuration parser.
+		return time.LoadLocation(e.cfg.Defaults.Timezone)
+	}
 	loc, err := time.LoadLocation(name)
 	if err != nil || name == "" {
 		return nil, usageErr("--timezone %q: not a time zone; use an IANA name such as UTC or Europe/Berlin", name)
@@ -52,7 +56,7 @@ func cmdEnforce(e *env) *cli.Command {
 			if err != nil {
 				return usageErr("%v", err)
 			}
-			loc, err := loadZone(c)
+			loc, err := loadZone(c, e)
 			if err != nil {
 				return err
 			}

@@ -22,7 +22,7 @@ func cmdExpire(e *env) *cli.Command {
 		Flags: []cli.Flag{timezoneFlag("time zone of a YYYY-MM-DD date")},
 		Action: e.withStore(2, 2, "VERSION DATE", func(c *cli.Context, s *store) error {
 			uid := c.Args().Get(0)
-			loc, err := loadZone(c)
+			loc, err := loadZone(c, e)
 			if err != nil {
 				return err
 			}

@@ -60,6 +60,9 @@ type Defaults struct {
 	Compression string
 	// CompressionLevel is the zstd level: 1 fastest (default) .. 4 best.
 	CompressionLevel int
+	// Timezone is the IANA name of the zone of retention's calendar
+	// buckets and of YYYY-MM-DD dates (enforce, expire); default "UTC".
+	Timezone string
 }
 
 // Meta holds the keys of the [MetaBackend] section.
@@ -106,6 +109,7 @@ func defaults() *Config {
 			LogLevel:         defaultLogLevel,
 			Compression:      "none",
 			CompressionLevel: 1,
+			Timezone:         "UTC",
 		},
 		Meta: Meta{Type: defaultMetaType},
 		Data: Data{

@@ -60,6 +60,7 @@ func TestParseExample(t *testing.T) {
 			Workers:                       0,
 			Compression:                   "zstd",
 			CompressionLevel:              1,
+			Timezone:                      "UTC",
 		},
 		Meta: Meta{Type: "bbolt", Path: filepath.Clean("/var/lib/backy/backy.db")},
 		Data: Data{Type: "file", Path: filepath.Clean("/var/lib/backy/data"), SimultaneousWrites: 4, SimultaneousReads: 4},
@@ -212,6 +213,8 @@ var errorTests = []struct {
 	{"compression unknown", "[DEFAULTS]\ncompression = lz4\n" + required, 2, "compression", []string{"lz4"}},
 	{"compression level too high", "[DEFAULTS]\ncompression_level = 5\n" + required, 2, "compression_level", []string{"1 fastest"}},
 	{"compression level zero", "[DEFAULTS]\ncompression_level = 0\n" + required, 2, "compression_level", nil},
+	{"unknown time zone", "[DEFAULTS]\ntimezone = Mars/Olympus\n" + required, 2, "timezone", []string{"IANA"}},
+	{"empty time zone", "[DEFAULTS]\ntimezone =\n" + required, 2, "timezone", []string{"IANA"}},
 	{"process_name unsupported", "[DEFAULTS]\nprocess_name = backy\n" + required, 2, "process_name", []string{"unknown key"}},
 	{"key in wrong section", "[MetaBackend]\npath = /m\nworkers = 3\n[DataBackend]\npath = /d\n", 3, "workers", []string{"[MetaBackend]", "unknown key", "type, path"}},
 	{"unknown data key", required + "bucket = x\n", 5, "bucket", []string{"[DataBackend]", "unknown key", "simultaneous_reads"}},
@@ -451,7 +454,7 @@ func TestDefault(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
 	c := Default(dir)
 	w := &Config{
-		Defaults: Defaults{BlockSize: 4 << 20, LogLevel: "info", Compression: "none", CompressionLevel: 1},
+		Defaults: Defaults{BlockSize: 4 << 20, LogLevel: "info", Compression: "none", CompressionLevel: 1, Timezone: "UTC"},
 		Meta:     Meta{Type: "bbolt", Path: filepath.Join(dir, "backy.db")},
 		Data:     Data{Type: "file", Path: filepath.Join(dir, "data"), SimultaneousWrites: 4, SimultaneousReads: 4},
 	}
@@ -622,5 +625,14 @@ func TestResolve(t *testing.T) {
 	_, _, err = Resolve(flagCfg, fakeEnv(env))
 	if !errors.Is(err, ErrInvalid) {
 		t.Errorf("invalid flag file: %v", err)
+	}
+}
+
+func TestTimezoneKey(t *testing.T) {
+	for _, zone := range []string{"UTC", "Europe/Berlin", "America/New_York", "Local"} {
+		c, err := Parse("/etc/backy.cfg", []byte("[DEFAULTS]\ntimezone = "+zone+"\n"+required))
+		if err != nil || c.Defaults.Timezone != zone {
+			t.Errorf("timezone = %s: %+v, %v", zone, c, err)
+		}
 	}
 }

@@ -468,7 +468,7 @@ passphrase_file = keys/passphrase-1
 	}
 	w := &Config{
 		File:     cfg,
-		Defaults: Defaults{BlockSize: 4 << 20, LogLevel: "info", Workers: 2, Compression: "none", CompressionLevel: 1},
+		Defaults: Defaults{BlockSize: 4 << 20, LogLevel: "info", Workers: 2, Compression: "none", CompressionLevel: 1, Timezone: "UTC"},
 		Meta:     Meta{Type: "bbolt", Path: filepath.Join(dir, "etc", "backy.db")},
 		Data:     Data{Type: "file", Path: filepath.Join(dir, "etc", "data"), SimultaneousWrites: 4, SimultaneousReads: 4},
 		Encryption: Encryption{

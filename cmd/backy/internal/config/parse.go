@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+	_ "time/tzdata" // time zones work without the system zoneinfo
 )
 
 // Section names, as they must be written.
@@ -77,6 +79,13 @@ var keys = map[string][]keyDef{
 			}
 			p.cfg.Defaults.CompressionLevel = n
 			return msg
+		}},
+		{name: "timezone", set: func(p *parser, v string) string {
+			if _, err := time.LoadLocation(v); err != nil || v == "" {
+				return fmt.Sprintf("%q is not a time zone (expected an IANA name such as UTC or Europe/Berlin, or Local)", v)
+			}
+			p.cfg.Defaults.Timezone = v
+			return ""
 		}},
 	}, encryptionDefaultsKeys...),
 	sectionMeta: {
