@@ -272,7 +272,11 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 	}
 	if kc, ok := st.(KeyChecker); ok && o.Deep {
 		for _, v := range vs {
-			if err := checkKeys(db, v, kc); err != nil {
+			err := checkKeys(db, v, kc)
+			if errors.Is(err, metastore.ErrVersionNotFound) {
+				continue // removed since the selection; skipped below
+			}
+			if err != nil {
 				return nil, err
 			}
 		}
@@ -286,6 +290,15 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 			return r.finish(start), err
 		}
 		if err := r.version(ctx, v.UID); err != nil {
+			if errors.Is(err, metastore.ErrVersionNotFound) {
+				// Removed (rm, enforce) since the selection: nothing to check.
+				r.res.Skipped = append(r.res.Skipped, Skipped{UID: v.UID, Reason: "removed while the scrub ran"})
+				r.log.Info("version skipped: removed meanwhile", "version", v.UID)
+				r.mu.Lock()
+				r.total -= v.Blocks()
+				r.mu.Unlock()
+				continue
+			}
 			if errors.Is(err, metastore.ErrLocked) {
 				r.res.Skipped = append(r.res.Skipped, Skipped{UID: v.UID, Reason: err.Error()})
 				r.log.Info("version skipped: locked by another process", "version", v.UID)

@@ -110,7 +110,7 @@ func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.
 	for _, d := range ds {
 		v := d.Version
 		if d.TooYoung {
-			e.log.Warn("enforce: too young to remove, kept", "version", v.UID, "volume", v.Volume, "reason", d.Reason)
+			e.log.Info("enforce: too young to remove, kept", "version", v.UID, "volume", v.Volume, "reason", d.Reason)
 			rows = append(rows, row{v, "kept (too young)", d.Reason})
 			continue
 		}
@@ -144,10 +144,10 @@ func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.
 		case errors.Is(err, metastore.ErrVersionNotFound):
 			e.log.Info("enforce: already removed", "version", v.UID)
 		case errors.Is(err, versions.ErrTooYoung), errors.Is(err, errChanged), errors.Is(err, versions.ErrProtected):
-			e.log.Warn("enforce: kept", "version", v.UID, "why", err)
+			e.log.Info("enforce: kept", "version", v.UID, "why", err)
 			rows = append(rows, row{v, "kept", err.Error()})
 		default:
-			e.log.Warn("enforce: not removed", "version", v.UID, "err", err)
+			e.log.Info("enforce: not removed", "version", v.UID, "err", err)
 			failed = append(failed, fmt.Errorf("%s: %w", v.UID, err))
 			rows = append(rows, row{v, "FAILED", err.Error()})
 		}
