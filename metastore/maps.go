@@ -413,22 +413,8 @@ func (db *DB) WalkMap(uid string, fn func(MapChunk) error) error {
 			if err != nil {
 				return fmt.Errorf("%w: page %s: %w", ErrCorrupt, pid, err)
 			}
-			chunk = MapChunk{First: first, IDs: ids, Records: make([]block.Record, len(ids)), Found: make([]bool, len(ids))}
-			b := tx.Bucket(bktBlocks)
-			for i, id := range ids {
-				if id.IsSparse() {
-					chunk.Found[i] = true
-					continue
-				}
-				if v := b.Get(id[:]); v != nil {
-					r, err := decodeRecord(id[:], v)
-					if err != nil {
-						return err
-					}
-					chunk.Records[i], chunk.Found[i] = r.Record, true
-				}
-			}
-			return nil
+			chunk, _, err = readChunk(tx, first, ids)
+			return err
 		})
 		if err != nil {
 			return err
@@ -439,6 +425,41 @@ func (db *DB) WalkMap(uid string, fn func(MapChunk) error) error {
 		first += int64(len(chunk.IDs))
 	}
 	return nil
+}
+
+// readChunk looks up the records of a page's entries. It also returns the
+// positions whose record counts no reference (an inconsistency a scrub
+// reports).
+func readChunk(tx *bolt.Tx, first int64, ids []block.ID) (MapChunk, []int, error) {
+	c := MapChunk{First: first, IDs: ids, Records: make([]block.Record, len(ids)), Found: make([]bool, len(ids))}
+	var unreferenced []int
+	b := tx.Bucket(bktBlocks)
+	for i, id := range ids {
+		if id.IsSparse() {
+			c.Found[i] = true
+			continue
+		}
+		v := b.Get(id[:])
+		if v == nil {
+			continue
+		}
+		r, err := decodeRecord(id[:], v)
+		if err != nil {
+			return c, nil, err
+		}
+		c.Records[i], c.Found[i] = r.Record, true
+		if r.Refs == 0 {
+			unreferenced = append(unreferenced, i)
+		}
+	}
+	return c, unreferenced, nil
+}
+
+// LookupBlock looks up one block identity.
+func (db *DB) LookupBlock(id block.ID) (block.Record, bool, error) {
+	out := make([]Lookup, 1)
+	err := db.LookupBlocks([]block.ID{id}, out)
+	return out[0].Record, out[0].Found, err
 }
 
 // removeBatchPages bounds the pages released per transaction, so that

@@ -65,27 +65,9 @@ func (db *DB) ScrubMap(uid string, fn func(ScrubChunk) error) error {
 				c.MapChunk = MapChunk{First: first}
 				return nil
 			}
-			c.MapChunk = MapChunk{First: first, IDs: ids, Records: make([]block.Record, len(ids)), Found: make([]bool, len(ids))}
-			b := tx.Bucket(bktBlocks)
-			for k, id := range ids {
-				if id.IsSparse() {
-					c.Found[k] = true
-					continue
-				}
-				v := b.Get(id[:])
-				if v == nil {
-					continue
-				}
-				r, err := decodeRecord(id[:], v)
-				if err != nil {
-					return err
-				}
-				c.Records[k], c.Found[k] = r.Record, true
-				if r.Refs == 0 {
-					c.Unreferenced = append(c.Unreferenced, k)
-				}
-			}
-			return nil
+			var err error
+			c.MapChunk, c.Unreferenced, err = readChunk(tx, first, ids)
+			return err
 		})
 		if err != nil {
 			return err

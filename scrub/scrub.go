@@ -20,6 +20,7 @@ import (
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
+	"github.com/backy/backy/versions"
 )
 
 // Kinds of scrub, as recorded in metastore.ScrubRecord.Kind.
@@ -272,9 +273,11 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 	}
 	if kc, ok := st.(KeyChecker); ok && o.Deep {
 		for _, v := range vs {
-			err := checkKeys(db, v, kc)
-			if errors.Is(err, metastore.ErrVersionNotFound) {
-				continue // removed since the selection; skipped below
+			err := versions.CheckKeys(db, v.UID, kc.CanOpen)
+			if errors.Is(err, metastore.ErrVersionNotFound) || errors.Is(err, metastore.ErrCorrupt) {
+				// Removed since the selection (skipped below), or a
+				// damaged map (the scrub reports it).
+				continue
 			}
 			if err != nil {
 				return nil, err
@@ -363,38 +366,6 @@ func selectVersions(db *metastore.DB, o Options) ([]*metastore.Version, error) {
 		return nil, fmt.Errorf("%w: volume %q has no versions", ErrNoVersions, o.Volume)
 	}
 	return vs, nil
-}
-
-// checkKeys fails (wrapping object.ErrNoKey) if some block of v is stored
-// at an encryption version kc has no key for.
-func checkKeys(db *metastore.DB, v *metastore.Version, kc KeyChecker) error {
-	stats, err := db.EncStats()
-	if err != nil {
-		return err
-	}
-	var lacking []uint16
-	for ev := range stats {
-		if kc.CanOpen(ev) != nil {
-			lacking = append(lacking, ev)
-		}
-	}
-	if len(lacking) == 0 {
-		return nil
-	}
-	used, err := db.EncVersionsOf(v.UID)
-	if errors.Is(err, metastore.ErrCorrupt) {
-		return nil // the scrub reports the damaged map
-	}
-	if err != nil {
-		return err
-	}
-	slices.Sort(lacking)
-	for _, ev := range lacking {
-		if used[ev] > 0 {
-			return fmt.Errorf("version %s has %d block(s) at encryption version %d: %w", v.UID, used[ev], ev, kc.CanOpen(ev))
-		}
-	}
-	return nil
 }
 
 // splitmix64 is a bijective 64-bit mixer.
@@ -794,14 +765,14 @@ func (r *run) checkBlock(ctx context.Context, uid string, vs *vstate, j job, buf
 		if err == nil || try == 3 || !(errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt)) {
 			break
 		}
-		look := make([]metastore.Lookup, 1)
-		if lerr := r.db.LookupBlocks([]block.ID{j.id}, look); lerr != nil {
+		cur, found, lerr := r.db.LookupBlock(j.id)
+		if lerr != nil {
 			return lerr
 		}
-		if !look[0].Found || look[0].Record.Name == rec.Name {
+		if !found || cur.Name == rec.Name {
 			break
 		}
-		rec = look[0].Record
+		rec = cur
 	}
 	state := stateGood
 	switch {

@@ -86,8 +86,12 @@ func (e *env) writeMetrics(code int) error {
 			for name, v := range st {
 				set(name, "", v)
 			}
+		} else if errors.Is(err, fs.ErrNotExist) {
+			e.log.Debug("metrics: no store yet, no store figures", "err", err)
 		} else {
-			e.log.Debug("metrics: no store figures", "err", err)
+			// The command's own samples are still written; the operator
+			// learns why the store gauges are stale.
+			e.log.Warn("metrics: store figures not updated", "err", err)
 		}
 	}
 	var b bytes.Buffer

@@ -207,11 +207,14 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 			err = fmt.Errorf("%w: %d block(s) are damaged or missing and now marked invalid (versions: %v)", ErrFailures, len(m.bad), uids)
 		}
 	}
-	if after, serr := db.EncStats(); serr == nil {
-		for ev, s := range after {
-			if ev < target {
-				res.Remaining += s.Blocks
-			}
+	after, serr := db.EncStats()
+	if serr != nil {
+		// Without the count, "nothing below the target remains" is unknown.
+		err = errors.Join(err, fmt.Errorf("counting the blocks left below the target: %w", serr))
+	}
+	for ev, s := range after {
+		if ev < target {
+			res.Remaining += s.Blocks
 		}
 	}
 	if err == nil && len(o.UIDs) == 0 && res.Remaining > 0 {
@@ -233,7 +236,6 @@ type migration struct {
 	res    *Result
 	target uint16
 	total  int64
-	done   int64
 	bad    []block.ID
 	// isBad holds the blocks of bad: they are marked invalid only at the
 	// end, so a later batch (another selected version, or a repeat within
@@ -243,7 +245,7 @@ type migration struct {
 
 func (m *migration) progress() {
 	if m.o.Progress != nil {
-		m.o.Progress(Progress{Done: m.done, Total: max(m.total, m.done), Migrated: m.res.Migrated, BytesWritten: m.res.BytesWritten})
+		m.o.Progress(Progress{Done: m.res.Examined, Total: max(m.total, m.res.Examined), Migrated: m.res.Migrated, BytesWritten: m.res.BytesWritten})
 	}
 }
 
@@ -369,8 +371,7 @@ func (m *migration) batch(ctx context.Context, ids []block.ID) error {
 			todo = append(todo, l.Record)
 		}
 	}
-	m.done += int64(len(ids))
-	m.res.Examined = m.done
+	m.res.Examined += int64(len(ids))
 	if len(todo) == 0 {
 		m.progress()
 		return nil
@@ -389,13 +390,13 @@ func (m *migration) batch(ctx context.Context, ids []block.ID) error {
 					return err
 				}
 				// Moved by another process meanwhile, or damaged?
-				cur := make([]metastore.Lookup, 1)
-				if lerr := m.db.LookupBlocks([]block.ID{rec.ID}, cur); lerr != nil {
+				cur, found, lerr := m.db.LookupBlock(rec.ID)
+				if lerr != nil {
 					return lerr
 				}
 				mu.Lock()
 				defer mu.Unlock()
-				if cur[0].Found && cur[0].Record.Name == rec.Name {
+				if found && cur.Name == rec.Name {
 					m.bad = append(m.bad, rec.ID)
 					m.isBad[rec.ID] = true
 					if len(m.res.Failures) < 1000 {

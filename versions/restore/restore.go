@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions"
 )
 
 // Errors of Run.
@@ -46,37 +46,6 @@ type BlockStore interface {
 // blocks need a key that is not configured.
 type KeyChecker interface {
 	CanOpen(encVersion uint16) error
-}
-
-// CheckKeys returns an error wrapping object.ErrNoKey if some block of
-// version uid is stored at an encryption version kc has no key for. It
-// reads the version's map only when the store holds blocks of such a
-// version at all.
-func CheckKeys(db *metastore.DB, uid string, kc KeyChecker) error {
-	stats, err := db.EncStats()
-	if err != nil {
-		return err
-	}
-	var lacking []uint16
-	for ev := range stats {
-		if kc.CanOpen(ev) != nil {
-			lacking = append(lacking, ev)
-		}
-	}
-	if len(lacking) == 0 {
-		return nil
-	}
-	used, err := db.EncVersionsOf(uid)
-	if err != nil {
-		return err
-	}
-	slices.Sort(lacking)
-	for _, ev := range lacking {
-		if used[ev] > 0 {
-			return fmt.Errorf("version %s has %d block(s) at encryption version %d: %w", uid, used[ev], ev, kc.CanOpen(ev))
-		}
-	}
-	return nil
 }
 
 // Target is what the engine writes to (source.Target).
@@ -135,8 +104,20 @@ type job struct {
 	found bool
 }
 
-// Run restores version v (which the caller has read-locked) into tgt.
+// Run restores version v (which the caller has read-locked) into tgt. If
+// st is a KeyChecker, a version whose blocks need a key st lacks is
+// refused before anything is read or written.
 func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Version, tgt Target, o Options) (*Result, error) {
+	if kc, ok := st.(KeyChecker); ok {
+		if err := versions.CheckKeys(db, v.UID, kc.CanOpen); err != nil {
+			return nil, err
+		}
+	}
+	return run(ctx, st, db, v, tgt, o)
+}
+
+// run is Run after the key check.
+func run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Version, tgt Target, o Options) (*Result, error) {
 	start := time.Now()
 	log := o.Logger
 	if log == nil {
@@ -152,11 +133,6 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 		// Reads of separate objects wait on the device one by one; more
 		// of them in flight keep it busy.
 		o.Workers = 4*runtime.GOMAXPROCS(0) + 8
-	}
-	if kc, ok := st.(KeyChecker); ok {
-		if err := CheckKeys(db, v.UID, kc); err != nil {
-			return nil, err
-		}
 	}
 	bs, size := v.BlockSize, v.Size
 	nBlk := v.Blocks()
@@ -253,14 +229,14 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 					// block to a new object (and deleted the old one)
 					// since the map was read: follow the record.
 					for try := 0; try < 3 && (errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt)); try++ {
-						look := make([]metastore.Lookup, 1)
-						if lerr := db.LookupBlocks([]block.ID{j.id}, look); lerr != nil {
+						cur, found, lerr := db.LookupBlock(j.id)
+						if lerr != nil {
 							return lerr
 						}
-						if !look[0].Found || look[0].Record.Name == j.rec.Name {
+						if !found || cur.Name == j.rec.Name {
 							break
 						}
-						j.rec = look[0].Record
+						j.rec = cur
 						data, err = st.Get(gctx, j.rec, buf[:0])
 					}
 					if err == nil && int64(len(data)) != n {

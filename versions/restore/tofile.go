@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/source"
 )
 
@@ -34,7 +35,7 @@ func ToFile(ctx context.Context, st BlockStore, db *metastore.DB, uid, target st
 	if kc, ok := st.(KeyChecker); ok {
 		// Before the target is created: a missing key must not leave a
 		// half-written (or even an empty) file behind.
-		if err := CheckKeys(db, v.UID, kc); err != nil {
+		if err := versions.CheckKeys(db, v.UID, kc.CanOpen); err != nil {
 			return nil, err
 		}
 	}
@@ -42,7 +43,7 @@ func ToFile(ctx context.Context, st BlockStore, db *metastore.DB, uid, target st
 	if err != nil {
 		return nil, err
 	}
-	res, err := Run(ctx, st, db, v, tgt, o)
+	res, err := run(ctx, st, db, v, tgt, o) // keys checked above
 	if err != nil && !(o.Force && errors.Is(err, ErrBadBlocks)) {
 		tgt.Abort()
 		return res, err
