@@ -83,6 +83,9 @@ var (
 	ErrPermanent = errors.New("permanent backend error")
 	// ErrBadName: a name outside the allowed alphabet or shape.
 	ErrBadName = errors.New("invalid object name")
+	// ErrUnavailable: a remote backend could not be reached (after its
+	// retries). Nothing is known of the object; a later run may succeed.
+	ErrUnavailable = errors.New("backend unavailable")
 )
 
 // Permanent wraps err so that errors.Is(result, ErrPermanent) holds while
@@ -156,4 +159,19 @@ func Sync(ctx context.Context, be Backend) error {
 // that an optional capability of an inner backend can be found.
 type Unwrapper interface {
 	Unwrap() Backend
+}
+
+// BatchDeleter is implemented by backends that delete many objects in one
+// request (S3's DeleteObjects). It is looked up on the outermost backend
+// only, never through Unwrap: a wrapper that does not offer it (fault
+// injection) makes callers fall back to Delete.
+type BatchDeleter interface {
+	// DeleteBatch deletes the named objects, at most MaxDeleteBatch of
+	// them. If err is nil, errs has one entry per name: nil when the
+	// object is gone (deleted now, or already missing: a batch cannot
+	// tell the two apart), else why it was not deleted. A non-nil err
+	// failed the whole request and nothing is known of any name.
+	DeleteBatch(ctx context.Context, names []string) (errs []error, err error)
+	// MaxDeleteBatch is the largest number of names DeleteBatch takes.
+	MaxDeleteBatch() int
 }

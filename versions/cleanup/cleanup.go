@@ -238,11 +238,57 @@ func (c *cleaner) deleteTrash(ctx context.Context, names []block.Name) (int64, e
 // the names no longer stored (deleted, or already missing); n counts the
 // deletions; err is the first other failure. deleted, when non-nil, is
 // called (serially) with the index of each name deleted.
+//
+// A backend with batch deletes (S3's DeleteObjects) gets the names in
+// batches; it cannot tell deleted from already missing, so both count as
+// deleted there.
 func (c *cleaner) deleteObjects(ctx context.Context, names []block.Name, deleted func(i int)) (gone []block.Name, n int64, err error) {
 	var mu sync.Mutex
 	var first error
 	g := new(errgroup.Group)
 	g.SetLimit(c.o.Workers)
+	if bd, ok := c.be.(backend.BatchDeleter); ok && len(names) > 1 {
+		size := max(1, bd.MaxDeleteBatch())
+		for lo := 0; lo < len(names); lo += size {
+			if ctx.Err() != nil {
+				break
+			}
+			batch := names[lo:min(lo+size, len(names))]
+			g.Go(func() error {
+				keys := make([]string, len(batch))
+				for i, name := range batch {
+					keys[i] = blockstore.ObjectName(name)
+				}
+				errs, err := bd.DeleteBatch(ctx, keys)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					if first == nil {
+						first = err
+					}
+					return nil
+				}
+				for i, e := range errs {
+					switch {
+					case e == nil:
+						n++
+						gone = append(gone, batch[i])
+						if deleted != nil {
+							deleted(lo + i)
+						}
+					case first == nil:
+						first = e
+					}
+				}
+				return nil
+			})
+		}
+		_ = g.Wait()
+		if first == nil {
+			first = ctx.Err()
+		}
+		return gone, n, first
+	}
 	for i, name := range names {
 		if ctx.Err() != nil {
 			break

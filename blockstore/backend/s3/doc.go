@@ -1,0 +1,41 @@
+// Package s3 is the data backend for Amazon S3 and S3-compatible object
+// stores (MinIO, Ceph RGW, versitygw, ...), built on aws-sdk-go-v2.
+//
+// It uses only the plainest operations, which every S3-compatible server
+// implements: PutObject, GetObject, HeadObject, HeadBucket,
+// ListObjectsV2, DeleteObject and DeleteObjects. Each backend object name
+// becomes the key Prefix + "/" + name in one bucket.
+//
+// # How it meets the backend contract
+//
+//   - Put is one PutObject of the whole object, which S3 makes visible
+//     atomically and durably when it answers 200; there is no multipart
+//     upload (objects are a few MiB), so a killed writer leaves nothing
+//     behind. Every PUT carries a CRC-32C of the body in
+//     x-amz-checksum-crc32c, which the server verifies before it stores
+//     the object; a mismatch is retried.
+//   - Get asks for the stored checksum (x-amz-checksum-mode) and the SDK
+//     verifies the body against it when the server sends one; the body
+//     must also be exactly Content-Length bytes. A failed or short read is
+//     retried like any transient error, so a bit flipped in transit is
+//     never mistaken for a damaged block by the layers above.
+//   - S3 answers DeleteObject of a missing key with success, and HEAD of a
+//     key in a missing bucket with a bare 404. Delete therefore asks
+//     HeadObject first, and every 404 of an object is confirmed with
+//     HeadBucket before it is reported as backend.ErrNotFound: a deleted
+//     or misnamed bucket must never look like missing blocks, which the
+//     layers above would mark invalid (it is ErrNoBucket instead).
+//   - Retries: the SDK's own retryer is off; one loop here retries
+//     transient failures only (connection errors, timeouts, HTTP 5xx, 429,
+//     throttling, checksum mismatches, short bodies) up to MaxAttempts
+//     times with exponential backoff and full jitter. Errors no retry can
+//     fix (access denied, bad credentials, a missing bucket, a malformed
+//     request) fail at once and are backend.Permanent; credential errors
+//     also wrap fs.ErrPermission.
+//   - Concurrency is bounded by SimultaneousReads (Get, Stat, List pages)
+//     and SimultaneousWrites (Put, Delete); optional bandwidth limits
+//     pace request bodies in bytes per second.
+//
+// DeleteBatch (backend.BatchDeleter) removes up to 1000 objects in one
+// DeleteObjects request; cleanup uses it.
+package s3
