@@ -14,11 +14,14 @@
 //     behind. Every PUT carries a CRC-32C of the body in
 //     x-amz-checksum-crc32c, which the server verifies before it stores
 //     the object; a mismatch is retried.
-//   - Get asks for the stored checksum (x-amz-checksum-mode) and the SDK
-//     verifies the body against it when the server sends one; the body
-//     must also be exactly Content-Length bytes. A failed or short read is
-//     retried like any transient error, so a bit flipped in transit is
-//     never mistaken for a damaged block by the layers above.
+//   - Get asks for the stored checksum (x-amz-checksum-mode) and checks
+//     the body against it when the server sends one; the body must also
+//     be exactly Content-Length bytes. A failed, short or mismatching read
+//     is retried like any transient error, so a bit flipped in transit is
+//     not mistaken for a damaged block by the layers above. A body that
+//     mismatches on every attempt is damaged where it is stored: it is
+//     handed on (with a warning) to the layers above, whose verification
+//     reports it as a damaged block.
 //   - S3 answers DeleteObject of a missing key with success, and HEAD of a
 //     key in a missing bucket with a bare 404. Delete therefore asks
 //     HeadObject first, and every 404 of an object is confirmed with

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -21,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/backy/backy/blockstore/backend"
 )
@@ -207,7 +209,8 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 		// We send our own CRC-32C with every PUT and ask for the stored
 		// checksum on GET; the SDK need not add its own.
 		so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
-		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenSupported
+		// Get checks the stored checksum itself (see Get).
+		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		so.DisableLogOutputChecksumValidationSkipped = true
 	})
 	b := &Backend{
@@ -282,10 +285,7 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
 	if !backend.ValidName(name) {
 		return badName("put", name)
 	}
-	sum := crc32.Checksum(data, castagnoli)
-	var enc [4]byte
-	binary.BigEndian.PutUint32(enc[:], sum)
-	crc := base64.StdEncoding.EncodeToString(enc[:])
+	crc := crcBase64(data)
 	return b.do(ctx, b.writes, "put", name, func(ctx context.Context) error {
 		if err := b.writeBW.wait(ctx, len(data)); err != nil {
 			return err
@@ -306,7 +306,14 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
 	})
 }
 
-// Get reads the whole object into buf.
+// Get reads the whole object into buf. The body must be exactly
+// Content-Length bytes and match the CRC-32C the server stored with it (if
+// it sends one); otherwise the GET is retried. If every attempt brings a
+// body that does not match its stored checksum, the last body is returned
+// anyway, with a warning: the object itself (or its stored checksum) is
+// damaged, and the caller's own verification (AEAD tag, BLAKE3) is the
+// judge of what it got, so that a damaged block is reported as such
+// rather than as an I/O error.
 func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	if !backend.ValidName(name) {
 		return buf[:0], badName("get", name)
@@ -314,10 +321,9 @@ func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, err
 	out := buf[:0]
 	err := b.do(ctx, b.reads, "get", name, func(ctx context.Context) error {
 		resp, err := b.client.GetObject(ctx, &s3.GetObjectInput{
-			Bucket:       aws.String(b.o.Bucket),
-			Key:          aws.String(b.key(name)),
-			ChecksumMode: types.ChecksumModeEnabled,
-		})
+			Bucket: aws.String(b.o.Bucket),
+			Key:    aws.String(b.key(name)),
+		}, s3.WithAPIOptions(smithyhttp.AddHeaderValue("x-amz-checksum-mode", "ENABLED")))
 		if err != nil {
 			return b.confirmMissing(ctx, err)
 		}
@@ -336,20 +342,37 @@ func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, err
 		if _, err := io.ReadFull(resp.Body, out); err != nil {
 			return &transientError{fmt.Errorf("reading the body (%d bytes): %w", size, err)}
 		}
-		// Reading to EOF makes the SDK verify the stored checksum and
-		// tells a body longer than announced.
 		var one [1]byte
 		if n, err := resp.Body.Read(one[:]); n > 0 {
 			return &transientError{fmt.Errorf("the body is longer than its Content-Length of %d bytes", size)}
 		} else if err != nil && err != io.EOF {
 			return &transientError{fmt.Errorf("reading the body: %w", err)}
 		}
+		if want := aws.ToString(resp.ChecksumCRC32C); want != "" && !strings.Contains(want, "-") {
+			if got := crcBase64(out); got != want {
+				return &transientError{fmt.Errorf("%w: the body's CRC-32C is %s, the server stored %s", errChecksum, got, want)}
+			}
+		}
 		return nil
 	})
+	if errors.Is(err, errChecksum) && ctx.Err() == nil {
+		slog.Warn("s3 backend: an object does not match its stored checksum on any attempt; passing it on for verification",
+			"object", name, "location", b.location, "error", err)
+		return out, nil
+	}
 	if err != nil {
 		return buf[:0], err
 	}
 	return out, nil
+}
+
+// errChecksum: a body did not match the checksum stored with it.
+var errChecksum = errors.New("checksum mismatch")
+
+func crcBase64(p []byte) string {
+	var enc [4]byte
+	binary.BigEndian.PutUint32(enc[:], crc32.Checksum(p, castagnoli))
+	return base64.StdEncoding.EncodeToString(enc[:])
 }
 
 // Stat returns the object's size and modification time (HeadObject).

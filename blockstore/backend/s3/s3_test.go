@@ -358,7 +358,29 @@ func TestS3RetriesTransientFaults(t *testing.T) {
 			ft.mu.Unlock()
 			before := ft.seen.Load()
 			var err error
-			if tc.f == shortBody || tc.f == flipBody {
+			if tc.f == flipBody {
+				// A body that never matches its stored checksum is handed
+				// on after MaxAttempts, for the caller's verification.
+				ft.mu.Lock()
+				ft.fault = nil
+				ft.mu.Unlock()
+				if err := b.Put(ctx, "obj", data); err != nil {
+					t.Fatal(err)
+				}
+				ft.mu.Lock()
+				ft.fault = func(int, *http.Request) fault { return flipBody }
+				ft.mu.Unlock()
+				before = ft.seen.Load()
+				got, err := b.Get(ctx, "obj", nil)
+				if err != nil || len(got) != len(data) || bytes.Equal(got, data) {
+					t.Fatalf("Get under permanent bit flips = %d bytes (equal: %v), %v; want the flipped body and no error", len(got), bytes.Equal(got, data), err)
+				}
+				if n := ft.seen.Load() - before; n != 4 {
+					t.Errorf("Get under permanent bit flips made %d requests, want MaxAttempts = 4", n)
+				}
+				return
+			}
+			if tc.f == shortBody {
 				_, err = b.Get(ctx, "obj", nil) // deleted above: 404 first
 				if !errors.Is(err, backend.ErrNotFound) {
 					// A bit flip in an error body may garble it; either
