@@ -78,7 +78,7 @@ func cmdBackup(e *env) *cli.Command {
 			}
 			opts := backup.Options{
 				Volume: volume, Snapshot: c.String("snapshot"), Labels: labels, Hints: extents,
-				Resume: c.String("resume"), Workers: e.cfg.Defaults.Workers, Logger: e.log,
+				Resume: c.String("resume"), Workers: s.ioWorkers(), Logger: e.log,
 			}
 			if extents == nil && c.IsSet("hints") {
 				opts.Hints = []hints.Extent{}

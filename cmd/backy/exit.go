@@ -11,6 +11,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/blockstore/backend/s3"
 	"github.com/backy/backy/blockstore/keyring"
 	"github.com/backy/backy/blockstore/object"
 	"github.com/backy/backy/cmd/backy/internal/config"
@@ -69,7 +70,7 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return exitNoSpace
-	case errors.Is(err, config.ErrInvalid), errors.Is(err, errStoreMismatch), errors.Is(err, errConfigTarget):
+	case errors.Is(err, config.ErrInvalid), errors.Is(err, errStoreMismatch), errors.Is(err, errConfigTarget), errors.Is(err, s3.ErrNoBucket):
 		return exitConfig
 	case errors.Is(err, metastore.ErrNewerSchema), errors.Is(err, object.ErrNewerFormat):
 		return exitIncompatible
@@ -97,7 +98,7 @@ func exitCode(err error) int {
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
 		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported):
 		return exitUsage
-	case errors.Is(err, syscall.EIO), errors.Is(err, backend.ErrPermanent):
+	case errors.Is(err, syscall.EIO), errors.Is(err, backend.ErrPermanent), errors.Is(err, backend.ErrUnavailable):
 		return exitIOErr
 	}
 	var pe *fs.PathError
@@ -120,6 +121,10 @@ func hint(err error, code int) string {
 		}
 	case exitDamage:
 		return "damaged blocks and the versions using them are marked invalid; a new backup stores fresh copies, and a deep-scrub makes valid again what reads back intact"
+	case exitIOErr:
+		if errors.Is(err, backend.ErrUnavailable) {
+			return "nothing was recorded for what did not reach the backend; once it is reachable, finish an interrupted backup with 'backy backup --resume VERSION'"
+		}
 	case exitInterrupted:
 		return "a version left incomplete can be finished with 'backy backup --resume VERSION' or removed with 'backy rm'"
 	case exitUsage:

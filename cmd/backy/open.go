@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -16,6 +17,7 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/file"
+	"github.com/backy/backy/blockstore/backend/s3"
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/metastore"
@@ -111,7 +113,7 @@ func (e *env) openStore(ctx context.Context) (*store, error) {
 		if e.isDefault {
 			where = "BACKY_HOME (or use -c FILE)"
 		}
-		return nil, fmt.Errorf("cannot open the store (metastore %s, data %s): %w; check %s", e.cfg.Meta.Path, e.cfg.Data.Path, err, where)
+		return nil, fmt.Errorf("cannot open the store (metastore %s, data %s): %w; check %s", e.cfg.Meta.Path, dataLocation(e.cfg), err, where)
 	}
 	return s, err
 }
@@ -160,7 +162,7 @@ func configName(cfg *config.Config) string {
 // openData opens the data backend and checks that it belongs to the
 // metastore's store.
 func (e *env) openData(ctx context.Context, s *store) error {
-	be, err := newBackend(e.cfg, false)
+	be, err := newBackend(ctx, e.cfg, e.log, false)
 	if err != nil {
 		return err
 	}
@@ -182,7 +184,7 @@ func (e *env) openData(ctx context.Context, s *store) error {
 
 // newBackend builds the configured data backend. This is the one place
 // where backends (and, later, their wrappers) are assembled.
-func newBackend(cfg *config.Config, create bool) (backend.Backend, error) {
+func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, create bool) (backend.Backend, error) {
 	switch cfg.Data.Type {
 	case "file":
 		if !create {
@@ -193,8 +195,53 @@ func newBackend(cfg *config.Config, create bool) (backend.Backend, error) {
 		// Directory syncs are batched per commit: the backup engine
 		// flushes before it records blocks in the metastore.
 		return file.NewWithOptions(cfg.Data.Path, file.Options{DeferDirSync: true})
+	case "s3":
+		c := cfg.Data.S3
+		return s3.New(ctx, s3.Options{
+			Bucket:             c.Bucket,
+			Prefix:             c.Prefix,
+			Region:             c.Region,
+			Endpoint:           c.Endpoint,
+			PathStyle:          c.PathStyle,
+			AccessKeyID:        c.AccessKeyID,
+			SecretAccessKey:    c.SecretAccessKey,
+			SessionToken:       c.SessionToken,
+			Profile:            c.Profile,
+			ConnectTimeout:     c.ConnectTimeout,
+			RequestTimeout:     c.RequestTimeout,
+			MaxAttempts:        c.MaxAttempts,
+			SimultaneousReads:  cfg.Data.SimultaneousReads,
+			SimultaneousWrites: cfg.Data.SimultaneousWrites,
+			StorageClass:       c.StorageClass,
+			BandwidthRead:      c.BandwidthRead,
+			BandwidthWrite:     c.BandwidthWrite,
+			Logger:             log,
+		})
 	}
-	return nil, fmt.Errorf("%w: [DataBackend] type %q is not supported (supported: file)", config.ErrInvalid, cfg.Data.Type)
+	return nil, fmt.Errorf("%w: [DataBackend] type %q is not supported (supported: file, s3)", config.ErrInvalid, cfg.Data.Type)
+}
+
+// ioWorkers is the worker count of engines whose workers each wait on
+// one backend request at a time: the configured workers, or enough to
+// keep every connection of the backend busy (a remote backend has more
+// than the CPUs could use for hashing).
+func (s *store) ioWorkers() int {
+	if w := s.e.cfg.Defaults.Workers; w > 0 {
+		return w
+	}
+	return max(runtime.GOMAXPROCS(0)+4, s.be.Properties().Connections)
+}
+
+// dataLocation describes the configured data backend for messages.
+func dataLocation(cfg *config.Config) string {
+	if cfg.Data.Type == "s3" {
+		loc := "s3://" + cfg.Data.S3.Bucket + "/" + cfg.Data.S3.Prefix
+		if cfg.Data.S3.Endpoint != "" {
+			loc += " at " + cfg.Data.S3.Endpoint
+		}
+		return loc
+	}
+	return cfg.Data.Path
 }
 
 // createStoreIfMissing creates the store unless another process created it
@@ -229,7 +276,7 @@ func (e *env) createStoreLocked(ctx context.Context, blockSize int64) (*store, e
 	if _, err := os.Stat(cfg.Meta.Path); err == nil {
 		return nil, fmt.Errorf("%w: %s", metastore.ErrExists, cfg.Meta.Path)
 	}
-	be, err := newBackend(cfg, true)
+	be, err := newBackend(ctx, cfg, e.log, true)
 	if err != nil {
 		return nil, err
 	}

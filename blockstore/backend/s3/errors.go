@@ -132,6 +132,17 @@ func transient(err error) bool {
 	return false
 }
 
+// unreachable reports whether err means no answer came from the server:
+// the connection failed or broke, or an attempt timed out.
+func unreachable(err error) bool {
+	var te *transientError
+	if errors.As(err, &te) {
+		return false // an answer came, but a bad one
+	}
+	var at *attemptTimeout
+	return errors.As(err, &at) || transient(err)
+}
+
 // classifyCode maps a per-key error of DeleteObjects.
 func classifyCode(code string, status int, err error) error {
 	if deniedCodes[code] || status == http.StatusForbidden {
@@ -168,7 +179,7 @@ func (b *Backend) opErr(op, name string, err error) error {
 		err = backend.Permanent(deniedError{fmt.Errorf("access denied by %s (check the credentials and their permissions on bucket %q): %w", b.endpointName(), b.o.Bucket, err)})
 	case status >= 400 && status < 500 && !transient(err):
 		err = backend.Permanent(err)
-	case status == 0 && transient(err):
+	case status == 0 && unreachable(err):
 		err = fmt.Errorf("%w: cannot reach %s after %d attempts (is the server up? check [DataBackend] endpoint): %w", backend.ErrUnavailable, b.endpointName(), b.o.MaxAttempts, err)
 	}
 	return fmt.Errorf("s3 backend: %s %q: %w", op, name, err)

@@ -69,6 +69,9 @@ type Options struct {
 	// object bodies received and sent; 0 is unlimited.
 	BandwidthRead, BandwidthWrite int64
 
+	// Logger receives the backend's notices; nil is slog.Default().
+	Logger *slog.Logger
+
 	// HTTPTransport, if set, replaces the transport (tests inject faults
 	// with it). Its dial timeout is then its own.
 	HTTPTransport http.RoundTripper
@@ -140,6 +143,9 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 	}
 	if o.SimultaneousWrites <= 0 {
 		o.SimultaneousWrites = 16
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
 	if o.BaseBackoff <= 0 {
 		o.BaseBackoff = 100 * time.Millisecond
@@ -356,7 +362,7 @@ func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, err
 		return nil
 	})
 	if errors.Is(err, errChecksum) && ctx.Err() == nil {
-		slog.Warn("s3 backend: an object does not match its stored checksum on any attempt; passing it on for verification",
+		b.o.Logger.Info("s3 backend: an object does not match its stored checksum on any attempt; passing it on for verification",
 			"object", name, "location", b.location, "error", err)
 		return out, nil
 	}

@@ -75,13 +75,18 @@ type Meta struct {
 
 // Data holds the keys of the [DataBackend] section.
 type Data struct {
-	// Type is the data backend type; only "file" exists.
+	// Type is the data backend type: "file" (the default), a directory,
+	// or "s3", a bucket of Amazon S3 or of an S3-compatible server.
 	Type string
-	// Path is the absolute path of the directory of the file backend.
+	// Path is the absolute path of the directory of the file backend; ""
+	// with type s3.
 	Path string
 	// SimultaneousWrites and SimultaneousReads bound the concurrent
-	// backend writes and reads; both >= 1, default 4.
+	// backend writes and reads; both >= 1. Default 4 for type file, 16 for
+	// type s3.
 	SimultaneousWrites, SimultaneousReads int
+	// S3 holds the keys of type s3; it is the zero S3 with type file.
+	S3 S3
 }
 
 // Built-in defaults.
@@ -92,7 +97,7 @@ const (
 	blockSizeAlign            = 4096
 	defaultLogLevel           = "info"
 	defaultMetaType           = "bbolt"
-	defaultDataType           = "file"
+	defaultDataType           = dataTypeFile
 	defaultSimultaneousWrites = 4
 	defaultSimultaneousReads  = 4
 
@@ -137,7 +142,8 @@ func Default(dir string) *Config {
 // [ErrInvalid]. Files larger than 1 MiB are rejected.
 //
 // Besides the warnings of [Parse], Load warns (in Config.Warnings) if the
-// file holds a key or passphrase inline and is readable by group or others.
+// file holds a key, a passphrase or an S3 secret access key or session
+// token inline and is readable by group or others.
 func Load(path string) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -70,7 +70,8 @@ func TestParseExample(t *testing.T) {
 	}
 	// The example documents (and sets) every key, in its section; the
 	// encryption keys other than encryption_version are documented
-	// commented out, since setting them needs a key.
+	// commented out, since setting them needs a key, and so are the keys
+	// of [DataBackend] type = s3, since the example uses type = file.
 	text := string(data)
 	for _, sec := range sectionOrder {
 		start := strings.Index(text, "\n["+sec+"]\n")
@@ -83,7 +84,7 @@ func TestParseExample(t *testing.T) {
 		}
 		for _, kd := range keys[sec] {
 			prefix := ""
-			if strings.HasPrefix(kd.name, "encryption_") && kd.name != "encryption_version" {
+			if strings.HasPrefix(kd.name, "encryption_") && kd.name != "encryption_version" || sec == sectionData && isS3Key(kd.name) {
 				prefix = "# "
 			}
 			re := regexp.MustCompile(`(?m)^` + prefix + kd.name + ` = `)
@@ -217,7 +218,7 @@ var errorTests = []struct {
 	{"empty time zone", "[DEFAULTS]\ntimezone =\n" + required, 2, "timezone", []string{"IANA"}},
 	{"process_name unsupported", "[DEFAULTS]\nprocess_name = backy\n" + required, 2, "process_name", []string{"unknown key"}},
 	{"key in wrong section", "[MetaBackend]\npath = /m\nworkers = 3\n[DataBackend]\npath = /d\n", 3, "workers", []string{"[MetaBackend]", "unknown key", "type, path"}},
-	{"unknown data key", required + "bucket = x\n", 5, "bucket", []string{"[DataBackend]", "unknown key", "simultaneous_reads"}},
+	{"unknown data key", required + "buckets = x\n", 5, "buckets", []string{"[DataBackend]", "unknown key", "simultaneous_reads", "bucket, prefix", "bandwidth_write"}},
 	{"block size 4MB", "[DEFAULTS]\nblock_size = 4MB\n" + required, 2, "block_size", []string{`"4MB" is not a number of bytes`, "expected e.g. 4194304 or 4MiB"}},
 	{"block size word", "[DEFAULTS]\nblock_size = four\n" + required, 2, "block_size", []string{"not a number of bytes"}},
 	{"block size empty", "[DEFAULTS]\nblock_size =\n" + required, 2, "block_size", []string{`""`, "not a number of bytes"}},
@@ -252,7 +253,8 @@ var errorTests = []struct {
 	{"reads negative", required + "simultaneous_reads = -5\n", 5, "simultaneous_reads", []string{">= 1"}},
 	{"meta type", "[MetaBackend]\ntype = sqlite\npath = /m\n[DataBackend]\npath = /d\n", 2, "type", []string{"[MetaBackend]", `"sqlite"`, "bbolt"}},
 	{"meta type case", "[MetaBackend]\ntype = BBolt\npath = /m\n[DataBackend]\npath = /d\n", 2, "type", []string{"[MetaBackend]", "bbolt"}},
-	{"data type s3", required + "type = s3\n", 5, "type", []string{"[DataBackend]", `"s3" is not a supported data backend type`, "file"}},
+	{"data type unknown", required + "type = gcs\n", 5, "type", []string{"[DataBackend]", `"gcs" is not a valid data backend type`, "file, s3"}},
+	{"data type case", required + "type = S3\n", 5, "type", []string{"[DataBackend]", `"S3"`, "file, s3"}},
 	{"data type empty", required + "type =\n", 5, "type", []string{"[DataBackend]", "file"}},
 	{"meta path empty", "[MetaBackend]\npath =\n[DataBackend]\npath = /d\n", 2, "path", []string{"[MetaBackend]", "empty value"}},
 	{"data path empty", "[MetaBackend]\npath = /m\n[DataBackend]\npath = \t \n", 4, "path", []string{"[DataBackend]", "empty value"}},

@@ -44,6 +44,47 @@
 //     home directory. "~user" forms are not supported. All paths in a parsed
 //     [Config] are absolute and cleaned.
 //
+// # Data backend
+//
+// [DataBackend] type is file (the default) or s3. Type file stores the
+// blocks in the directory path, which is then required. Type s3 stores
+// them as objects in an existing bucket of Amazon S3 or of an
+// S3-compatible server, the result being [Config].Data.S3 ([S3]); path is
+// then an error and these keys exist, each an error with type file:
+//
+//	bucket = <bucket name>             required; 3-63 of [a-z0-9.-], alphanumeric at both ends
+//	prefix = <a/b>                     key prefix, leading and trailing '/' removed; default none
+//	region = <region>                  default us-east-1
+//	endpoint = <http(s)://host:port>   S3-compatible server; default none, meaning AWS
+//	path_style = true|false            also yes/no, on/off, 1/0; default true with endpoint
+//	access_key_id[_file] = ...         together with secret_access_key[_file]
+//	secret_access_key[_file] = ...
+//	session_token[_file] = ...         only with the two above
+//	profile = <name>                   shared AWS configuration profile; not with access_key_id
+//	connect_timeout = <duration>       default 10s
+//	request_timeout = <duration>       per attempt, body included; default 2m
+//	max_attempts = <1..100>            default 5
+//	storage_class = <CLASS>            [A-Z0-9_]+, passed through; default none
+//	bandwidth_read = <size>            bytes per second, 0 (default) or >= 64KiB
+//	bandwidth_write = <size>
+//
+// The checks that involve several keys (type, path, bucket and the
+// credential pairs) are made once the file is read, so the keys may come
+// in any order. Durations are Go durations (30s, 2m, 1m30s) or a number
+// of seconds, more than 0 and at most 24h. simultaneous_writes and
+// simultaneous_reads default to 16 with type s3 (4 with type file).
+//
+// Each credential is given inline or, with the _file suffix, as the path
+// of a file read while parsing (at most 64 KiB): an access key ID file is
+// trimmed of surrounding whitespace; a secret access key or session token
+// file loses one trailing "\n" or "\r\n" and must then be one non-empty
+// line. Without access_key_id and secret_access_key the credentials are
+// left to the environment and the shared AWS configuration at run time.
+// Like encryption keys, the secret access key and the session token never
+// appear in messages (nor in the String of [S3]); a secret file readable
+// by group or others, and (in [Load]) a secret written inline in a file
+// readable by group or others, give a warning.
+//
 // # Encryption
 //
 // [DEFAULTS] encryption_version (0 to 65535, default 0) is the encryption

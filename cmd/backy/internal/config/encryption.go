@@ -423,7 +423,7 @@ func (m *material) toKey(v uint16, cipher string) Key {
 // secretKeyPrefix reports whether the line s starts with the name of a key
 // whose value is a secret (in any case) and returns that name.
 func secretKeyPrefix(s string) (string, bool) {
-	for _, k := range []string{"encryption_" + matPassphrase, "encryption_" + matKey, matPassphrase, matKey} {
+	for _, k := range []string{"encryption_" + matPassphrase, "encryption_" + matKey, matPassphrase, matKey, s3SecretAccessKey, s3SessionToken} {
 		if len(s) >= len(k) && strings.EqualFold(s[:len(k)], k) {
 			return k, true
 		}

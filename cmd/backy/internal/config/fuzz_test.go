@@ -31,14 +31,27 @@ func checkValid(t *testing.T, c *Config) {
 	if c.Meta.Type != "bbolt" {
 		t.Errorf("invalid Meta.Type %q", c.Meta.Type)
 	}
-	if c.Data.Type != "file" {
+	switch c.Data.Type {
+	case "file":
+		if c.Data.Path == "" {
+			t.Error("empty Data.Path with type file")
+		}
+		if !reflect.DeepEqual(c.Data.S3, S3{}) {
+			t.Errorf("S3 keys with type file: %v", c.Data.S3)
+		}
+	case "s3":
+		if c.Data.Path != "" {
+			t.Errorf("Data.Path %q with type s3", c.Data.Path)
+		}
+		checkS3(t, c.Data.S3)
+	default:
 		t.Errorf("invalid Data.Type %q", c.Data.Type)
 	}
 	if c.Data.SimultaneousWrites < 1 || c.Data.SimultaneousReads < 1 {
 		t.Errorf("invalid simultaneous writes/reads %d/%d", c.Data.SimultaneousWrites, c.Data.SimultaneousReads)
 	}
-	if c.Meta.Path == "" || c.Data.Path == "" {
-		t.Errorf("empty path: Meta.Path %q, Data.Path %q", c.Meta.Path, c.Data.Path)
+	if c.Meta.Path == "" {
+		t.Error("empty Meta.Path")
 	}
 	e := c.Encryption
 	last := 0
@@ -97,7 +110,8 @@ func fuzzSecretFiles(path string, limit int64) ([]byte, fs.FileMode, error) {
 }
 
 // maskSecrets returns in with every character of the values of the keys
-// holding secrets (encryption_key, encryption_passphrase, key, passphrase)
+// holding secrets (encryption_key, encryption_passphrase, key, passphrase,
+// secret_access_key, session_token)
 // replaced by another of the same class: another hexadecimal digit for a
 // hexadecimal digit, another letter for a letter, the same character for
 // anything else. Also the rest of a line without separator that starts with
@@ -114,7 +128,7 @@ func maskSecrets(in string) string {
 		start := -1
 		if j := strings.IndexAny(trimmed, "=:"); j >= 0 {
 			switch strings.ToLower(strings.TrimSpace(trimmed[:j])) {
-			case "encryption_key", "encryption_passphrase", "key", "passphrase":
+			case "encryption_key", "encryption_passphrase", "key", "passphrase", "secret_access_key", "session_token":
 				start = j + 1
 			}
 		} else if name, ok := secretKeyPrefix(trimmed); ok {
@@ -156,7 +170,10 @@ func maskByte(c byte) byte {
 func checkParsed(t *testing.T, c *Config) {
 	t.Helper()
 	checkValid(t, c)
-	paths := []string{c.Meta.Path, c.Data.Path, c.File}
+	paths := []string{c.Meta.Path, c.File}
+	if c.Data.Type == "file" {
+		paths = append(paths, c.Data.Path)
+	}
 	if c.Defaults.LogFile != "" {
 		paths = append(paths, c.Defaults.LogFile)
 	}
@@ -183,6 +200,12 @@ func FuzzParse(f *testing.F) {
 	for _, tt := range encryptionErrorTests {
 		f.Add(tt.in)
 	}
+	for _, tt := range s3ValidTests {
+		f.Add(s3Input(tt.in))
+	}
+	for _, tt := range s3ErrorTests {
+		f.Add(tt.in)
+	}
 	for _, in := range []string{
 		"[DEFAULTS]\nencryption_version = 3\nencryption_cipher = xchacha20-poly1305\nencryption_key_file = /k/key3\n[Encryption1]\npassphrase = p1\n[Encryption2]\ncipher = aes-256-gcm\nkey = " + hexKey2 + "\n",
 		"[DEFAULTS]\nencryption_version = 1\nencryption_passphrase_file = pass\n[Encryption2]\nkey_file = ~/wkey\n",
@@ -193,6 +216,18 @@ func FuzzParse(f *testing.F) {
 		"[encryption1]\n[Encryption01]\n",
 	} {
 		f.Add(required + in)
+	}
+	for _, in := range []string{
+		"[DataBackend]\ntype = s3\nbucket = backy\nprefix = /a/b/\nendpoint = http://127.0.0.1:7070\naccess_key_id_file = key-id\nsecret_access_key_file = pass-secret\nsession_token_file = wkey-token\n",
+		"[DataBackend]\nbucket = b.b-1\nsecret_access_key = s3cr3t/Key+x\naccess_key_id = AKID\nsession_token: tok=en\ntype = s3\npath_style = OFF\n",
+		"[DataBackend]\ntype = s3\nbucket = backy\nprofile = backup\nregion = eu-central-1\nstorage_class = STANDARD_IA\nbandwidth_read = 50MiB\nbandwidth_write = 65536\n",
+		"[DataBackend]\ntype = s3\nbucket = backy\nconnect_timeout = 30\nrequest_timeout = 1m30s\nmax_attempts = 100\nsimultaneous_reads = 64\n",
+		"[DataBackend]\ntype = s3\nbucket = backy\nendpoint = https://u:p@s3.example.com/\n",
+		"[DataBackend]\ntype = s3\nbucket = backy\nsecret_access_key hunter2\n",
+		"[DataBackend]\ntype = s3\nbucket = backy\nsecret_access_key_file = bad\naccess_key_id_file = missing\n",
+		"[DataBackend]\npath = /d\nbucket = backy\n",
+	} {
+		f.Add("[MetaBackend]\npath = /m/backy.db\n" + in)
 	}
 	old := readSecretFile
 	readSecretFile = fuzzSecretFiles

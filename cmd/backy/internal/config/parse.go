@@ -103,13 +103,14 @@ var keys = map[string][]keyDef{
 			return msg
 		}},
 	},
-	sectionData: {
+	sectionData: append([]keyDef{
 		{name: "type", set: func(p *parser, v string) string {
-			s, msg := oneOf(v, "data backend type", "file")
+			s, msg := oneOf(v, "data backend type", dataTypeFile, dataTypeS3)
 			p.cfg.Data.Type = s
 			return msg
 		}},
-		{name: "path", required: true, what: "the directory of the data backend", set: func(p *parser, v string) string {
+		// Required with type file only: see finishData.
+		{name: "path", set: func(p *parser, v string) string {
 			if v == "" {
 				return "empty value (expected the directory of the data backend)"
 			}
@@ -127,7 +128,7 @@ var keys = map[string][]keyDef{
 			p.cfg.Data.SimultaneousReads = n
 			return msg
 		}},
-	},
+	}, s3Keys...),
 }
 
 // keysOf returns the known keys of section, nil for an unknown section.
@@ -201,8 +202,9 @@ type keyRef struct {
 // name (if name is "", messages say "<input>", relative paths are resolved
 // against the working directory and File is "").
 //
-// Missing keys take their defaults, except that [MetaBackend] path and
-// [DataBackend] path are required. Every error wraps [ErrInvalid] and has a
+// Missing keys take their defaults, except that [MetaBackend] path is
+// required, and so is [DataBackend] path with type file and [DataBackend]
+// bucket with type s3. Every error wraps [ErrInvalid] and has a
 // one-line message naming the file, line, section and key.
 func Parse(name string, data []byte) (*Config, error) {
 	c, _, err := parse(name, data)
@@ -289,13 +291,22 @@ func (p *parser) parse(text string) error {
 			if _, ok := p.keyLine[sec][kd.name]; ok {
 				continue
 			}
-			if hl, ok := p.sectionLine[sec]; ok {
-				return p.errf(hl, sec, kd.name, "required key is missing (add %s = <%s> to the section)", kd.name, kd.what)
-			}
-			return p.errf(0, sec, kd.name, "required key is missing: the file has no [%s] section (add one with %s = <%s>)", sec, kd.name, kd.what)
+			return p.missingKey(sec, kd.name, kd.what)
 		}
 	}
+	if err := p.finishData(); err != nil {
+		return err
+	}
 	return p.finishEncryption()
+}
+
+// missingKey returns the error for the required key of section sec that is
+// not set; what describes its value.
+func (p *parser) missingKey(sec, key, what string) error {
+	if hl, ok := p.sectionLine[sec]; ok {
+		return p.errf(hl, sec, key, "required key is missing (add %s = <%s> to the section)", key, what)
+	}
+	return p.errf(0, sec, key, "required key is missing: the file has no [%s] section (add one with %s = <%s>)", sec, key, what)
 }
 
 // sectionList returns "[DEFAULTS], [MetaBackend], [DataBackend] or
