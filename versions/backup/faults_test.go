@@ -190,7 +190,11 @@ func TestBackendGoesAway(t *testing.T) {
 // putSweepRun backs up a0 and then, with the fault inject adds for Put i,
 // a. It reports whether the fault fired.
 func putSweepRun(t *testing.T, i int, inject func(*faulty.Backend, int) *faulty.Fault, want error, tmpl *env, v0 *metastore.Version, a0, a []byte) bool {
-	e := tmpl.clone(t, blockstore.Options{})
+	return putSweepOn(t, tmpl.clone(t, blockstore.Options{}), i, inject, want, v0, a0, a)
+}
+
+// putSweepOn is putSweepRun on e, a store holding v0, a backup of a0.
+func putSweepOn(t *testing.T, e *env, i int, inject func(*faulty.Backend, int) *faulty.Fault, want error, v0 *metastore.Version, a0, a []byte) bool {
 	images := map[string][]byte{v0.UID: a0}
 	path := e.writeImage(a)
 	f := inject(e.fb, i)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/faulty"
 	"github.com/backy/backy/blockstore/backend/file"
 	"github.com/backy/backy/blockstore/block"
@@ -67,7 +68,6 @@ func (e *env) clone(t testing.TB, o blockstore.Options) *env {
 
 func openEnv(t testing.TB, dir string, db *metastore.DB, o blockstore.Options) *env {
 	t.Helper()
-	bs := db.BlockSize()
 	metastoretest.CheckOnCleanup(t, db)
 	// As the CLI configures it: directory syncs wait for the engine's
 	// flush before each commit.
@@ -75,6 +75,14 @@ func openEnv(t testing.TB, dir string, db *metastore.DB, o blockstore.Options) *
 	if err != nil {
 		t.Fatal(err)
 	}
+	return envOn(t, dir, db, inner, inner.Root(), o)
+}
+
+// envOn is a store over the backend inner (root is the file backend's
+// root, "" for another backend).
+func envOn(t testing.TB, dir string, db *metastore.DB, inner backend.Backend, root string, o blockstore.Options) *env {
+	t.Helper()
+	bs := db.BlockSize()
 	fb := faulty.New(inner)
 	st, err := blockstore.New(fb, o)
 	if err != nil {
@@ -86,7 +94,7 @@ func openEnv(t testing.TB, dir string, db *metastore.DB, o blockstore.Options) *
 		t.Fatal(err)
 	}
 	t.Cleanup(clean.Close)
-	return &env{t: t, dir: dir, bs: bs, db: db, root: inner.Root(), fb: fb, st: st, clean: clean}
+	return &env{t: t, dir: dir, bs: bs, db: db, root: root, fb: fb, st: st, clean: clean}
 }
 
 var imageSeq atomic.Int64
