@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build install test test-short race bench lint fuzz clean
+.PHONY: all build install test test-s3 test-short race bench lint fuzz clean
 
 all: build
 
@@ -16,11 +16,18 @@ build:
 install:
 	$(GO) install -trimpath -ldflags "$(LDFLAGS)" ./cmd/backy
 
-# The whole test suite: unit, end-to-end (built binary, real ext4 images),
-# with the race detector. .ci/run calls exactly this.
+# The whole test suite: unit, end-to-end (built binary, real ext4 images,
+# a real S3 server), with the race detector. .ci/run calls exactly this.
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+# The S3 tier alone: every test named *S3*, against a real S3 server
+# (versitygw, built once by the tests' harness with go install at a pinned
+# version and cached in ~/.cache/backy-test; see blockstore/backend/s3/s3test).
+# `make test` runs these too.
+test-s3:
+	$(GO) test -race -count=1 -timeout 30m -run 'S3' ./...
 
 test-short:
 	$(GO) test -short ./...

@@ -10,6 +10,8 @@
 package main
 
 import (
+	"github.com/backy/backy/blockstore/backend/s3/s3test"
+
 	"context"
 	"encoding/json"
 	"flag"
@@ -31,6 +33,7 @@ func main() {
 	runs := flag.Int("runs", 3, "times every timed step is repeated (median and min-max are reported)")
 	asJSON := flag.Bool("json", false, "print a JSON object instead of the table")
 	skipExt4 := flag.Bool("skip-ext4", false, "skip the ext4 image figures")
+	skipS3 := flag.Bool("skip-s3", false, "skip the S3 figures (a local versitygw, built on first use)")
 	keep := flag.Bool("keep", false, "keep the work directory")
 	flag.Parse()
 	if *backy == "" || flag.NArg() > 0 || *runs < 1 || *size < blockSize || *size%blockSize != 0 {
@@ -40,14 +43,14 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *backy, *dir, *size, *runs, *asJSON, *skipExt4, *keep); err != nil {
+	if err := run(ctx, *backy, *dir, *size, *runs, *asJSON, *skipExt4, *skipS3, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "backy-bench: FAILED:", err)
 		stop()
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, backy, parent string, size int64, runs int, asJSON, skipExt4, keep bool) error {
+func run(ctx context.Context, backy, parent string, size int64, runs int, asJSON, skipExt4, skipS3, keep bool) error {
 	path, err := exec.LookPath(backy)
 	if err == nil {
 		path, err = filepath.Abs(path)
@@ -81,6 +84,17 @@ func run(ctx context.Context, backy, parent string, size int64, runs int, asJSON
 	b.rep.CachesDropped = b.drop
 	b.logf("work dir %s; %s", dir, b.rep.Caches)
 
+	if !skipS3 {
+		bin, err := s3test.Install()
+		if err != nil {
+			return fmt.Errorf("the S3 server for the S3 figures (or use -skip-s3): %w", err)
+		}
+		if b.s3, err = s3test.Launch(bin, b.path("s3-server")); err != nil {
+			return fmt.Errorf("starting the S3 server (or use -skip-s3): %w", err)
+		}
+		defer b.s3.Kill()
+		b.logf("S3 server %s at %s", s3test.Version, b.s3.Endpoint)
+	}
 	if err := b.random(); err != nil {
 		return err
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/backy/backy/blockstore/backend/s3/s3test"
 )
 
 // bench holds the settings of one benchmark run and the figures it collects.
@@ -25,6 +27,7 @@ type bench struct {
 	drop  bool // drop the page cache before every timed step
 	rep   *report
 	start time.Time
+	s3    *s3test.Server // the local S3 server, nil with -skip-s3
 }
 
 // result is one finished command: wall time, peak RSS and stdout.
@@ -210,6 +213,10 @@ func (b *bench) random() error {
 	mig := b.rep.row("migrate-encryption random (none -> zstd + aes-256-gcm)", b.size)
 	mrs := b.rep.row("restore random, after migrate-encryption", b.size)
 	ds := b.rep.row("deep-scrub random (--all: read + verify every block)", b.size)
+	var s3bk, s3rs *row
+	if b.s3 != nil {
+		s3bk, s3rs = b.rep.row("backup random, S3 (versitygw on 127.0.0.1)", b.size), b.rep.row("restore random, S3 (versitygw on 127.0.0.1)", b.size)
+	}
 	for i := 1; i <= b.runs; i++ {
 		b.logf("random data, run %d/%d: cp, cp+sync, backup, re-backup, restore, restore --sparse; encrypted backup, restore; migrate-encryption", i, b.runs)
 		store := b.path(fmt.Sprintf("store-random-%d", i))
@@ -278,6 +285,15 @@ func (b *bench) random() error {
 		if err := removeAll(store, out, encStore, encCfg, migCfg); err != nil {
 			return err
 		}
+		if b.s3 != nil {
+			if err := b.s3Round(s3bk, s3rs, i, src, out, sum); err != nil {
+				return err
+			}
+		}
+	}
+	if b.s3 != nil {
+		s3bk.ratio("file backup", bk)
+		s3rs.ratio("file restore", rs)
 	}
 	for _, r := range []*row{bk, re, rs, rss, ds, ebk, ers, mig, mrs} {
 		r.ratio("cp", cp)
@@ -286,6 +302,32 @@ func (b *bench) random() error {
 	ebk.ratio("plain backup", bk)
 	ers.ratio("plain restore", rs)
 	return removeAll(src, dst, out)
+}
+
+// s3Round backs up src to a new bucket of the local S3 server and restores
+// it, plain (no compression, no encryption) as the "backup random" row.
+func (b *bench) s3Round(bk, rs *row, i int, src, out, sum string) error {
+	bucket, err := b.s3.CreateBucket(b.ctx)
+	if err != nil {
+		return err
+	}
+	cfg := b.path(fmt.Sprintf("s3-%d.cfg", i))
+	text := fmt.Sprintf("[MetaBackend]\npath = %s\n[DataBackend]\ntype = s3\nendpoint = %s\nbucket = %s\nregion = %s\naccess_key_id = %s\nsecret_access_key = %s\n",
+		b.path(fmt.Sprintf("s3-meta-%d/backy.db", i)), b.s3.Endpoint, bucket, s3test.Region, s3test.AccessKey, s3test.SecretKey)
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		return err
+	}
+	if _, err := b.runBacky(cfg, "init"); err != nil {
+		return err
+	}
+	v, err := b.backup(bk, cfg, src, "vol")
+	if err != nil {
+		return err
+	}
+	if err := b.restore(rs, cfg, v.UID, out, sum); err != nil {
+		return err
+	}
+	return removeAll(out, cfg, b.path(fmt.Sprintf("s3-meta-%d", i)), filepath.Join(b.s3.Dir(), bucket))
 }
 
 // zeros measures backups of a file of written zeros and of a sparse file;

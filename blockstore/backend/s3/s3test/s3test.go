@@ -138,28 +138,45 @@ func install() (string, error) {
 // Start starts a server for the test and stops it when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{bin: Binary(t), dir: t.TempDir()}
-	if err := os.MkdirAll(filepath.Join(s.dir, "root"), 0o755); err != nil {
-		t.Fatal(err)
+	s, err := Launch(Binary(t), t.TempDir())
+	if err != nil {
+		t.Fatalf("starting the S3 test server: %v", err)
 	}
-	if err := os.MkdirAll(filepath.Join(s.dir, "sidecar"), 0o755); err != nil {
-		t.Fatal(err)
+	t.Cleanup(func() { s.Kill() })
+	return s
+}
+
+// Install returns the path of the server binary, building and caching it
+// if need be (see Binary; this is the form for programs, such as the
+// benchmark, that have no testing.TB).
+func Install() (string, error) {
+	binOnce.Do(func() { binPath, binErr = install() })
+	return binPath, binErr
+}
+
+// Launch starts the server binary bin on a free port of 127.0.0.1 with its
+// data in dir. The caller stops it with Kill.
+func Launch(bin, dir string) (*Server, error) {
+	s := &Server{bin: bin, dir: dir}
+	for _, d := range []string{"root", "sidecar"} {
+		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {
+			return nil, err
+		}
 	}
 	var err error
 	for range 5 { // a port picked free may be taken before the server binds it
 		if s.addr, err = freePort(); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if err = s.start(); err == nil {
 			break
 		}
 	}
 	if err != nil {
-		t.Fatalf("starting the S3 test server: %v", err)
+		return nil, err
 	}
 	s.Endpoint = "http://" + s.addr
-	t.Cleanup(func() { s.Kill() })
-	return s
+	return s, nil
 }
 
 func freePort() (string, error) {
@@ -246,15 +263,24 @@ func (s *Server) Client() *s3.Client {
 // NewBucket creates a bucket with a fresh name.
 func (s *Server) NewBucket(t testing.TB) string {
 	t.Helper()
+	name, err := s.CreateBucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// CreateBucket creates a bucket with a fresh name.
+func (s *Server) CreateBucket(ctx context.Context) (string, error) {
 	var r [6]byte
 	_, _ = rand.Read(r[:])
 	name := "backy-test-" + hex.EncodeToString(r[:])
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if _, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
-		t.Fatalf("creating bucket %s: %v", name, err)
+		return "", fmt.Errorf("creating bucket %s: %w", name, err)
 	}
-	return name
+	return name, nil
 }
 
 // Options returns backend options for bucket on this server with fast
