@@ -66,11 +66,6 @@ func errorCode(err error) (string, int) {
 	return code, status
 }
 
-func isStatus(err error, status int) bool {
-	_, s := errorCode(err)
-	return s == status
-}
-
 // deniedCodes are S3 error codes of credentials or permissions.
 var deniedCodes = map[string]bool{
 	"AccessDenied": true, "InvalidAccessKeyId": true, "SignatureDoesNotMatch": true,

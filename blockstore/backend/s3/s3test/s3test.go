@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -117,9 +116,13 @@ func install() (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
+	// The go command of the toolchain running the tests ($GOROOT is set
+	// by go test), else the one on $PATH.
+	goBin := "go"
+	if root := os.Getenv("GOROOT"); root != "" {
+		if p := filepath.Join(root, "bin", "go"); fileExists(p) {
+			goBin = p
+		}
 	}
 	cmd := exec.Command(goBin, "install", Module+"@"+Version)
 	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "GOFLAGS=", "CGO_ENABLED=0")
@@ -133,6 +136,11 @@ func install() (string, error) {
 		return "", err
 	}
 	return bin, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // Start starts a server for the test and stops it when the test ends.

@@ -526,10 +526,7 @@ func parseEndpoint(v string) (string, string) {
 			return "", fmt.Sprintf("%s: port %s is out of range (%s; ports are 1 to 65535)", quote(v), port, expected)
 		}
 	}
-	host := u.Host
-	if strings.HasSuffix(host, ":") { // "http://host:/"
-		host = strings.TrimSuffix(host, ":")
-	}
+	host := strings.TrimSuffix(u.Host, ":") // "http://host:/"
 	return scheme + "://" + host + strings.TrimRight(u.EscapedPath(), "/"), ""
 }
 
