@@ -203,6 +203,33 @@ func TestS3CLIErrors(t *testing.T) {
 			t.Errorf("want an access-denied line without the secret:\n%v", r)
 		}
 	})
+	t.Run("credentials from the environment", func(t *testing.T) {
+		b := e2eNewBox(t)
+		cfg := b.useS3(srv, bucket, "env", "", "")
+		// The same configuration without credentials.
+		var lines []string
+		for _, l := range strings.Split(string(e2eReadFile(t, cfg)), "\n") {
+			if !strings.HasPrefix(l, "access_key_id") && !strings.HasPrefix(l, "secret_access_key") {
+				lines = append(lines, l)
+			}
+		}
+		e2eWriteFile(t, cfg, []byte(strings.Join(lines, "\n")))
+		noIMDS := []string{"AWS_EC2_METADATA_DISABLED=true"}
+		r := b.runEnv(noIMDS, "init")
+		e2eWantFail(t, r, 77)
+		if !strings.Contains(r.stderr, "no usable S3 credentials") {
+			t.Errorf("without credentials:\n%v", r)
+		}
+		env := append(noIMDS, "AWS_ACCESS_KEY_ID="+s3test.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3test.SecretKey)
+		if r := b.runEnv(env, "init"); r.code != 0 {
+			t.Fatalf("init with credentials from the environment:\n%v", r)
+		}
+		src := b.path("src.img")
+		e2eRandomFile(t, src, 3*e2eMiB, 5)
+		if r := b.runEnv(env, "backup", src, "vol"); r.code != 0 {
+			t.Fatalf("backup with credentials from the environment:\n%v", r)
+		}
+	})
 	t.Run("server down", func(t *testing.T) {
 		b := e2eNewBox(t)
 		cfg := b.useS3(srv, bucket, "down", "", "")

@@ -104,6 +104,8 @@ var (
 // it). It is permanent and never backend.ErrNotFound.
 var ErrNoBucket = errors.New("bucket does not exist")
 
+const noCredentials = "no usable S3 credentials (set access_key_id and secret_access_key or their _file forms in [DataBackend], or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)"
+
 // maxDeleteBatch is the most keys one DeleteObjects request may name.
 const maxDeleteBatch = 1000
 
@@ -202,6 +204,17 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
 		return nil, backend.Permanent(fmt.Errorf("s3 backend: loading the AWS configuration: %w", err))
+	}
+	// Credentials first: a missing or broken source is a clear error
+	// here rather than a failure of the first request.
+	if cfg.Credentials == nil {
+		return nil, backend.Permanent(deniedError{errors.New("s3 backend: " + noCredentials)})
+	}
+	if _, err := cfg.Credentials.Retrieve(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("s3 backend: getting credentials: %w", ctx.Err())
+		}
+		return nil, backend.Permanent(deniedError{fmt.Errorf("s3 backend: %s: %w", noCredentials, err)})
 	}
 	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
 		so.UsePathStyle = o.PathStyle
