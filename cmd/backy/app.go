@@ -83,6 +83,7 @@ func newApp(e *env) *cli.App {
 			cmdInit(e),
 			cmdBackup(e),
 			cmdRestore(e),
+			cmdCopy(e),
 			cmdLs(e),
 			cmdRm(e),
 			cmdProtect(e, true),

@@ -23,6 +23,15 @@ import (
 // [DataBackend].
 func (b *e2eBox) useS3(srv *s3test.Server, bucket, prefix, extraDefaults, extraData string) string {
 	b.t.Helper()
+	path := b.s3Config("backy-s3.cfg", srv, bucket, prefix, extraDefaults, extraData)
+	b.env = append(b.env, "BACKY_CONFIG="+path)
+	return path
+}
+
+// s3Config writes the configuration file name for bucket on srv (see
+// useS3) and returns its path.
+func (b *e2eBox) s3Config(name string, srv *s3test.Server, bucket, prefix, extraDefaults, extraData string) string {
+	b.t.Helper()
 	secret := b.path("s3-secret")
 	e2eWriteFile(b.t, secret, []byte(s3test.SecretKey+"\n"))
 	if err := os.Chmod(secret, 0o600); err != nil {
@@ -43,13 +52,12 @@ access_key_id = %s
 secret_access_key_file = %s
 max_attempts = 3
 %s
-`, extraDefaults, b.path("meta/backy.db"), srv.Endpoint, bucket, prefix, s3test.Region, s3test.AccessKey, secret, extraData)
-	path := b.path("backy-s3.cfg")
+`, extraDefaults, b.path(name+".meta/backy.db"), srv.Endpoint, bucket, prefix, s3test.Region, s3test.AccessKey, secret, extraData)
+	path := b.path(name)
 	e2eWriteFile(b.t, path, []byte(cfg))
 	if err := os.Chmod(path, 0o600); err != nil {
 		b.t.Fatal(err)
 	}
-	b.env = append(b.env, "BACKY_CONFIG="+path)
 	return path
 }
 
@@ -190,7 +198,7 @@ func TestS3CLIErrors(t *testing.T) {
 		if !strings.Contains(r.stderr, "bucket does not exist") || !strings.Contains(r.stderr, "no-such-bucket") {
 			t.Errorf("the message does not name the missing bucket:\n%v", r)
 		}
-		if _, err := os.Stat(b.path("meta/backy.db")); err == nil {
+		if _, err := os.Stat(b.path("backy-s3.cfg.meta/backy.db")); err == nil {
 			t.Error("a failed init left a metastore")
 		}
 	})
@@ -297,4 +305,40 @@ func TestS3CLIServerKilledMidBackup(t *testing.T) {
 	t.Logf("killed with %d blocks committed; resume took %v", killed.BlocksDone, time.Since(start).Round(time.Millisecond))
 	b.restore(inc.UID, src)
 	b.ok("deep-scrub", "--all")
+}
+
+// TestS3CLICopy: copy versions from a local store to an encrypted S3 store
+// and from there to another local store; each restores bit-identically,
+// and a second copy sends nothing.
+func TestS3CLICopy(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Start(t)
+	b := e2eNewBox(t) // the default store, local
+	img := e2eExt4(t, b.dir, "disk", 41)
+	v1 := b.backup(img, "disk")
+	orig := b.path("disk-v1.img")
+	e2eCopy(t, img, orig)
+	e2eScribble(t, img, 3*e2eMiB, 2*e2eMiB, 42)
+	v2 := b.backup(img, "disk")
+	s3cfg := b.s3Config("s3.cfg", srv, srv.NewBucket(t), "copy", "compression = zstd\nencryption_version = 2\nencryption_key = "+strings.Repeat("5a", 32)+"\n", "")
+	b.ok("-c", s3cfg, "init")
+	b.ok("copy", v1.UID, v2.UID, "--to", s3cfg)
+	r := b.ok("copy", "--all", "--to", s3cfg, "--json")
+	if strings.Contains(r.stdout, `"blocks_sent": 1`) || !strings.Contains(r.stdout, "already there") {
+		t.Errorf("a second copy was not a no-op:\n%v", r)
+	}
+	out := b.path("from-s3.img")
+	b.ok("-c", s3cfg, "restore", v2.UID, out)
+	e2eSameFile(t, out, img)
+
+	// S3 -> another local store.
+	local2 := b.path("local2.cfg")
+	e2eWriteFile(t, local2, []byte(fmt.Sprintf("[MetaBackend]\npath = %s\n[DataBackend]\npath = %s\n", b.path("local2/backy.db"), b.path("local2/data"))))
+	b.ok("-c", local2, "init")
+	b.ok("-c", s3cfg, "copy", v1.UID, "--to", local2)
+	out1 := b.path("from-local2.img")
+	b.ok("-c", local2, "restore", v1.UID, out1)
+	e2eSameFile(t, out1, orig)
+	b.ok("-c", local2, "deep-scrub", "--all")
+	b.ok("-c", s3cfg, "deep-scrub", "--all")
 }

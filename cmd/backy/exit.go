@@ -19,6 +19,7 @@ import (
 	"github.com/backy/backy/migrate/reencrypt"
 	"github.com/backy/backy/scrub"
 	"github.com/backy/backy/versions"
+	"github.com/backy/backy/versions/replicate"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/hints"
 	"github.com/backy/backy/versions/restore"
@@ -80,20 +81,24 @@ func exitCode(err error) int {
 		return exitNoPerm
 	case errors.Is(err, scrub.ErrDamage):
 		return exitDamage
-	case errors.Is(err, scrub.ErrOptions):
+	case errors.Is(err, scrub.ErrOptions), errors.Is(err, replicate.ErrOptions):
 		return exitUsage
 	case errors.Is(err, scrub.ErrSourceSize):
 		return exitDataErr
-	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged):
+	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged),
+		errors.Is(err, replicate.ErrBlockSize):
 		return exitDataErr
 	case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrMissing), errors.Is(err, restore.ErrNotRestorable),
 		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky),
-		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, reencrypt.ErrIncomplete), errors.Is(err, keyring.ErrBadRegistration):
+		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, reencrypt.ErrIncomplete), errors.Is(err, keyring.ErrBadRegistration),
+		errors.Is(err, replicate.ErrNotCopyable):
 		return exitIntegrity
-	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists):
+	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists),
+		errors.Is(err, replicate.ErrConflict):
 		return exitCantCreate
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, metastore.ErrVersionNotFound), errors.Is(err, metastore.ErrNoStore),
-		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions):
+		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions),
+		errors.Is(err, replicate.ErrNoVersions):
 		return exitNotFound
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
 		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported):
@@ -126,6 +131,9 @@ func hint(err error, code int) string {
 			return "nothing was recorded for what did not reach the backend; once it is reachable, finish an interrupted backup with 'backy backup --resume VERSION'"
 		}
 	case exitInterrupted:
+		if errors.Is(err, errCopyInterrupted) {
+			return "run the same copy again to continue where it stopped"
+		}
 		return "a version left incomplete can be finished with 'backy backup --resume VERSION' or removed with 'backy rm'"
 	case exitUsage:
 		if errors.Is(err, errUsage) {
