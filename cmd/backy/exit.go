@@ -19,9 +19,9 @@ import (
 	"github.com/backy/backy/migrate/reencrypt"
 	"github.com/backy/backy/scrub"
 	"github.com/backy/backy/versions"
-	"github.com/backy/backy/versions/replicate"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/hints"
+	"github.com/backy/backy/versions/replicate"
 	"github.com/backy/backy/versions/restore"
 	"github.com/backy/backy/versions/source"
 )
