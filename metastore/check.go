@@ -2,7 +2,9 @@ package metastore
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -144,6 +146,17 @@ func (db *DB) Check() ([]error, error) {
 				report("blocks are stored at encryption version %d, which is not registered", ev)
 			}
 		}
+		gen := getU64(m, keyGen)
+		_ = tx.Bucket(bktVMeta).ForEach(func(k, v []byte) error {
+			if tx.Bucket(bktVersions).Get(k) == nil {
+				report("vmeta entry for version %q, which does not exist", k)
+			}
+			st := decodeVMeta(v)
+			if len(v) != vmetaSize || st.Changed > gen || st.Gen > gen {
+				report("vmeta entry of %s is malformed or ahead of generation %d", k, gen)
+			}
+			return nil
+		})
 		_ = tx.Bucket(bktEncVersions).ForEach(func(k, v []byte) error {
 			if len(k) != 2 || binary.BigEndian.Uint16(k) == 0 || len(v) == 0 {
 				report("encversions entry %x is malformed", k)
@@ -153,4 +166,57 @@ func (db *DB) Check() ([]error, error) {
 		return nil
 	})
 	return problems, err
+}
+
+// Inspect says whether the metastore file at path is sound for the store
+// storeID: it returns a problem (nil when it opens at the current schema
+// or an older one, belongs to the store and passes Check) or an error when
+// it could not look at all. It takes no store lock: the caller (rebuild)
+// holds the store exclusively.
+func Inspect(path string, storeID [16]byte) (problem error, err error) {
+	defer func() {
+		if r := recover(); r != nil { // bbolt panics on some damage
+			problem, err = fmt.Errorf("%w: %v", ErrCorrupt, r), nil
+		}
+	}()
+	db := &DB{path: path, opts: Options{LockTimeout: 10 * time.Second}}
+	err = db.view(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bktMeta)
+		if m == nil || len(m.Get(keySchema)) != 4 {
+			return fmt.Errorf("%w: no schema version", ErrNotBacky)
+		}
+		if s := int(binary.BigEndian.Uint32(m.Get(keySchema))); s > CurrentSchema {
+			return fmt.Errorf("%w: schema %d, this backy reads up to %d", ErrNewerSchema, s, CurrentSchema)
+		} else if s < CurrentSchema {
+			return fmt.Errorf("%w: schema %d (a healthy older metastore is upgraded by any command; rebuilding is not needed)", ErrOlderSchema, s)
+		}
+		id, bs := m.Get(keyStoreID), m.Get(keyBlockSize)
+		if len(id) != 16 || len(bs) != 8 || [16]byte(id) != storeID {
+			return fmt.Errorf("%w: it belongs to another store, or lacks its identity", ErrCorrupt)
+		}
+		db.storeID, db.blockSize = storeID, int64(binary.BigEndian.Uint64(bs))
+		for _, b := range allBuckets {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("%w: bucket %q missing", ErrCorrupt, b)
+			}
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, ErrBusy):
+		return nil, err
+	case errors.Is(err, ErrOlderSchema):
+		// Sound as far as this backy can tell: any command upgrades it.
+		return nil, nil
+	case err != nil:
+		return err, nil
+	}
+	problems, err := db.Check()
+	if err != nil {
+		return err, nil
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%d inconsistencies, the first: %w", len(problems), problems[0]), nil
+	}
+	return nil, nil
 }

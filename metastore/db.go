@@ -17,7 +17,7 @@ import (
 // CurrentSchema is the schema version this code reads and writes. Each
 // change of the bucket layout or of an encoding bumps it and adds a step in
 // package migrate.
-const CurrentSchema = 2
+const CurrentSchema = 3
 
 // Bucket and key names. They are part of the on-disk format.
 var (
@@ -32,6 +32,7 @@ var (
 	// Since schema 2.
 	bktEncVersions = []byte("encversions")
 	bktEncStats    = []byte("encstats")
+	// Since schema 3: bktVMeta (snapshots.go).
 
 	keySchema      = []byte("schema")
 	keyStoreID     = []byte("store_id")
@@ -42,7 +43,7 @@ var (
 	keyPlainBytes  = []byte("plain_bytes")
 )
 
-var allBuckets = [][]byte{bktMeta, bktVersions, bktMaps, bktPages, bktPageRefs, bktBlocks, bktGC, bktTrash, bktEncVersions, bktEncStats}
+var allBuckets = [][]byte{bktMeta, bktVersions, bktMaps, bktPages, bktPageRefs, bktBlocks, bktGC, bktTrash, bktEncVersions, bktEncStats, bktVMeta}
 
 // Options configures a DB.
 type Options struct {

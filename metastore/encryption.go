@@ -156,6 +156,9 @@ func (db *DB) ReplaceObjects(reps []Replacement) (ReplaceResult, error) {
 			}
 			res.Replaced = append(res.Replaced, rep.Old)
 		}
+		if len(res.Replaced) > 0 {
+			return markRecordsChanged(tx)
+		}
 		return nil
 	})
 	return res, err

@@ -31,6 +31,8 @@ type Collected struct {
 	// Stale counts gc entries that named no zero-count record (an entry
 	// left by an older version of backy); they were dropped.
 	Stale int
+	// Kept counts zero-count blocks left alone (CollectGarbageKeeping).
+	Kept int
 	// Last is the last gc key looked at; pass it as after to continue.
 	Last block.ID
 	// Done reports that the gc bucket was scanned to its end.
@@ -44,6 +46,14 @@ type Collected struct {
 // encryption statistics drop, and the object's name goes to the trash. The
 // caller deletes the objects from the backend and then calls ForgetTrash.
 func (db *DB) CollectGarbage(after block.ID, limit int) (Collected, error) {
+	return db.CollectGarbageKeeping(after, limit, nil)
+}
+
+// CollectGarbageKeeping is CollectGarbage that leaves alone (record, gc
+// entry and object) every zero-count block for which keep returns true:
+// blocks that a version the metastore does not know (its metadata is only
+// in the backend) still uses. They are counted in Collected.Kept.
+func (db *DB) CollectGarbageKeeping(after block.ID, limit int, keep func(block.Record) bool) (Collected, error) {
 	if limit <= 0 {
 		limit = 1024
 	}
@@ -80,6 +90,10 @@ func (db *DB) CollectGarbage(after block.ID, limit int) (Collected, error) {
 				if err := s.gc.Delete(id[:]); err != nil {
 					return err
 				}
+				continue
+			}
+			if keep != nil && keep(r.Record) {
+				res.Kept++
 				continue
 			}
 			if err := s.blocks.Delete(id[:]); err != nil {

@@ -257,6 +257,9 @@ func (db *DB) Commit(c Commit) (CommitResult, error) {
 				if err := s.putRecord(storedRecord{Record: r, Refs: old.Refs}); err != nil {
 					return err
 				}
+				if err := markRecordsChanged(tx); err != nil {
+					return err
+				}
 			default:
 				if err := s.trash.Put(r.Name[:], r.ID[:]); err != nil {
 					return err
@@ -500,6 +503,9 @@ func (db *DB) RemoveVersion(uid string) error {
 			if err := maps.Delete([]byte(uid)); err != nil {
 				return err
 			}
+			if err := tx.Bucket(bktVMeta).Delete([]byte(uid)); err != nil {
+				return err
+			}
 			return tx.Bucket(bktVersions).Delete([]byte(uid))
 		})
 		if err != nil {
@@ -582,7 +588,8 @@ func (db *DB) MarkInvalid(ids []block.ID) ([]string, error) {
 					ver.Status = StatusInvalid
 					return putVersion(tx, ver)
 				}
-				return nil
+				// Its snapshot carries the records' invalid flags.
+				return markChanged(tx, ver.UID)
 			}
 			return nil
 		})

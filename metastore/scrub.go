@@ -275,10 +275,20 @@ func (db *DB) MarkVersionInvalid(uid string) (bool, error) {
 }
 
 // SetLastScrub records the outcome of a scrub of version uid.
+// The snapshot in the backend is not refreshed for it (a nightly scrub of
+// every version would rewrite every snapshot); it carries the outcome
+// known when it was last written.
 func (db *DB) SetLastScrub(uid string, r ScrubRecord) error {
-	_, err := db.UpdateVersion(uid, func(v *Version) error {
+	return db.update(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bktVersions).Get([]byte(uid))
+		if raw == nil {
+			return fmt.Errorf("%w: %s", ErrVersionNotFound, uid)
+		}
+		v, err := decodeVersion([]byte(uid), raw)
+		if err != nil {
+			return err
+		}
 		v.LastScrub = &r
-		return nil
+		return putVersionQuiet(tx, v)
 	})
-	return err
 }

@@ -94,7 +94,18 @@ func decodeVersion(k, v []byte) (*Version, error) {
 	return &ver, nil
 }
 
+// putVersion stores v and records that it changed (its snapshot in the
+// backend is stale from now on).
 func putVersion(tx *bolt.Tx, v *Version) error {
+	if err := putVersionQuiet(tx, v); err != nil {
+		return err
+	}
+	return markChanged(tx, v.UID)
+}
+
+// putVersionQuiet stores v without marking its snapshot stale: for changes
+// the snapshot need not carry (the outcome of the last scrub).
+func putVersionQuiet(tx *bolt.Tx, v *Version) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err

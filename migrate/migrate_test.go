@@ -158,6 +158,11 @@ func assertUpgraded(t *testing.T, path string, orig []byte) {
 	}
 	delete(after, "encstats")
 	delete(after, "encversions")
+	// Schema 3: an empty vmeta bucket, no generation counters yet.
+	if vm, ok := after["vmeta"]; !ok || len(vm) != 0 {
+		t.Errorf("bucket vmeta missing or not empty: %v", vm)
+	}
+	delete(after, "vmeta")
 	if got := binary.BigEndian.Uint32([]byte(after["meta"]["schema"])); got != metastore.CurrentSchema {
 		t.Errorf("meta schema %d", got)
 	}

@@ -31,6 +31,7 @@ type Step struct {
 // Entries are never changed once released; a new schema appends one.
 var Steps = []Step{
 	{From: 1, To: 2, Name: "per-encryption-version block statistics and the key registry", Apply: schema1to2},
+	{From: 2, To: 3, Name: "bookkeeping of the version metadata kept in the data backend", Apply: schema2to3},
 }
 
 // Frozen names of the layout the steps read and write. They are copies on
@@ -139,4 +140,35 @@ func schema1to2(tx *bolt.Tx) error {
 		}
 	}
 	return setSchema(tx, 2)
+}
+
+// Schema 3 adds bucket "vmeta" (version uid -> 20 bytes: generation of the
+// version's last change, generation of its metadata snapshot in the data
+// backend, uint64 BE each, and the snapshot's tag, uint32 BE) and the meta
+// counters "gen" and "records_gen" (uint64 BE). The bucket starts empty
+// and the counters absent (zero): no version has a snapshot yet, so the
+// first command that writes snapshots writes every version's. Nothing is
+// scanned.
+func schema2to3(tx *bolt.Tx) error {
+	if s, err := schemaIn(tx); err != nil {
+		return err
+	} else if s != 2 {
+		return fmt.Errorf("%w: the database has schema %d, this step migrates schema 2", metastore.ErrCorrupt, s)
+	}
+	vmeta := []byte("vmeta")
+	if tx.Bucket(vmeta) != nil {
+		if err := tx.DeleteBucket(vmeta); err != nil {
+			return fmt.Errorf("clearing bucket vmeta: %w", err)
+		}
+	}
+	if _, err := tx.CreateBucket(vmeta); err != nil {
+		return fmt.Errorf("creating bucket vmeta: %w", err)
+	}
+	m := tx.Bucket(bktMeta)
+	for _, k := range []string{"gen", "records_gen"} {
+		if err := m.Delete([]byte(k)); err != nil {
+			return fmt.Errorf("clearing meta %s: %w", k, err)
+		}
+	}
+	return setSchema(tx, 3)
 }

@@ -69,6 +69,12 @@ type Options struct {
 	Batch    int
 	Progress func(Progress)
 	Logger   *slog.Logger
+	// BeforeDelete, when set, runs before the objects that switched
+	// records replaced are deleted from the backend (at the start, for
+	// those an interrupted run left, and at the end): the CLI writes the
+	// stale metadata snapshots of the versions in the backend there, so
+	// that no snapshot still names an object once it is gone.
+	BeforeDelete func(ctx context.Context) error
 }
 
 // Progress reports a running migration.
@@ -195,6 +201,11 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 			}
 		}
 	}
+	// The replaced objects go now (an interrupted run leaves them in the
+	// trash for the next run or cleanup).
+	if err == nil || !errors.Is(err, context.Canceled) {
+		err = errors.Join(err, m.drainTrash(ctx))
+	}
 	// Damage found is recorded whatever else happened.
 	if len(m.bad) > 0 {
 		uids, merr := db.MarkInvalid(m.bad)
@@ -249,8 +260,17 @@ func (m *migration) progress() {
 	}
 }
 
-// drainTrash deletes the objects waiting in the trash.
+// drainTrash deletes the objects waiting in the trash, after
+// Options.BeforeDelete.
 func (m *migration) drainTrash(ctx context.Context) error {
+	if n, err := m.db.Trash(1); err != nil || len(n) == 0 {
+		return err
+	}
+	if m.o.BeforeDelete != nil {
+		if err := m.o.BeforeDelete(ctx); err != nil {
+			return fmt.Errorf("writing version metadata to the backend before deleting replaced objects (they stay in the trash): %w", err)
+		}
+	}
 	for {
 		entries, err := m.db.Trash(1024)
 		if err != nil || len(entries) == 0 {
@@ -451,5 +471,8 @@ func (m *migration) batch(ctx context.Context, ids []block.ID) error {
 		}
 	}
 	m.progress()
-	return m.deleteObjects(ctx, append(r.Replaced, r.Skipped...))
+	// The replaced objects stay in the trash until the end of the run
+	// (drainTrash), after the version snapshots naming them are rewritten;
+	// the skipped new objects were never named by anything.
+	return m.deleteObjects(ctx, r.Skipped)
 }

@@ -22,7 +22,7 @@ import (
 
 // simulateCleanup does what a cleanup does to an unreferenced block: it
 // deletes the object and then its record. The metastore has no API for the
-// latter yet, so this edits the database directly (schema 2: buckets
+// latter yet, so this edits the database directly (schema 3, the buckets of schema 2: buckets
 // "blocks", "gc", "meta" with its counters, and "encstats").
 func simulateCleanup(t *testing.T, e *env, id block.ID) {
 	t.Helper()
@@ -34,10 +34,10 @@ func simulateCleanup(t *testing.T, e *env, id block.ID) {
 	if err := os.Remove(filepath.Join(e.root, blockstore.ObjectName(rec.Name))); err != nil {
 		t.Fatal(err)
 	}
-	if metastore.CurrentSchema != 2 {
+	if metastore.CurrentSchema != 3 {
 		// Fail rather than skip, so a schema change updates this test
 		// (or replaces it with the cleanup API) instead of dropping it.
-		t.Fatal("simulateCleanup edits schema-2 buckets; update it for the new schema")
+		t.Fatal("simulateCleanup edits schema-3 buckets; update it for the new schema")
 	}
 	bdb, err := bolt.Open(e.db.Path(), 0o600, &bolt.Options{Timeout: 10 * time.Second})
 	if err != nil {
