@@ -35,10 +35,14 @@ func NewIdentity(id [16]byte, blockSize int64, now time.Time) Identity {
 	return Identity{Format: IdentityFormat, StoreID: hex.EncodeToString(id[:]), BlockSize: blockSize, Created: now.UTC().Truncate(time.Second)}
 }
 
+// ErrStoreExists: the backend holds a store already.
+var ErrStoreExists = errors.New("the data backend holds a store already")
+
 // WriteIdentity stores id in be. It refuses to replace an existing one.
 func WriteIdentity(ctx context.Context, be backend.Backend, id Identity) error {
 	if old, err := ReadIdentity(ctx, be); err == nil {
-		return fmt.Errorf("%s already holds backy store %s: choose an empty data backend", be.Properties().Location, old.StoreID)
+		return fmt.Errorf("%w: %s already holds backy store %s: choose an empty data backend, or, if that store's metastore was lost, recreate it with 'backy rebuild-metastore'",
+			ErrStoreExists, be.Properties().Location, old.StoreID)
 	} else if !errors.Is(err, ErrNoIdentity) {
 		return err
 	}

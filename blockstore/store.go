@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
 
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/block"
@@ -247,4 +248,67 @@ func (s *Store) Close() {
 		_ = s.enc.Close()
 	}
 	s.dec.Close()
+}
+
+// metaIdentity is what a metadata object is authenticated as (the AEAD's
+// additional data, in place of a block's identity): its own name, so that
+// an object renamed or swapped for another in the backend does not open.
+func metaIdentity(name string) block.ID {
+	var id block.ID
+	blake3.DeriveKey("backy 2026-11 metadata object", []byte(name), id[:])
+	return id
+}
+
+// PutMeta seals plain as a metadata object (kind 2: compressed when that
+// helps, encrypted at the store's write encryption version) and writes it
+// under name, which must lie outside blocks/.
+func (s *Store) PutMeta(ctx context.Context, name string, plain []byte) error {
+	if strings.HasPrefix(name, BlockPrefix) {
+		return fmt.Errorf("metadata object %s: %w", name, backend.ErrBadName)
+	}
+	buf := s.getBuf()
+	defer s.bufs.Put(buf)
+	scratch := s.getBuf()
+	defer s.bufs.Put(scratch)
+	o := object.SealOptions{Kind: object.KindMeta, Key: s.opts.Key, Rand: s.opts.Rand, Scratch: scratch}
+	if s.enc != nil {
+		o.Compressor = s.enc
+	}
+	obj, err := object.Seal((*buf)[:0], plain, metaIdentity(name), o)
+	if err != nil {
+		return fmt.Errorf("sealing metadata object %s: %w", name, err)
+	}
+	*buf = obj
+	if err := s.be.Put(ctx, name, obj); err != nil {
+		return fmt.Errorf("storing metadata object %s: %w", name, err)
+	}
+	return nil
+}
+
+// GetMeta reads the metadata object called name into buf[:0] and returns
+// its plaintext, authenticated when it is encrypted. A missing object
+// wraps ErrMissing, a damaged one ErrCorrupt; a missing or wrong key
+// wraps object.ErrNoKey as for blocks.
+func (s *Store) GetMeta(ctx context.Context, name string, buf []byte) ([]byte, error) {
+	raw := s.getBuf()
+	defer s.bufs.Put(raw)
+	obj, err := s.be.Get(ctx, name, (*raw)[:0])
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, fmt.Errorf("%w: metadata object %s: %w", ErrMissing, name, err)
+		}
+		return nil, fmt.Errorf("reading metadata object %s: %w", name, err)
+	}
+	*raw = obj
+	plain, h, err := object.OpenInPlace(buf[:0], obj, metaIdentity(name), s.opts.Keys, s.dec)
+	if err != nil {
+		if errors.Is(err, object.ErrNoKey) || errors.Is(err, object.ErrNewerFormat) {
+			return nil, fmt.Errorf("metadata object %s: %w", name, err)
+		}
+		return nil, fmt.Errorf("%w: metadata object %s: %w", ErrCorrupt, name, err)
+	}
+	if h.Kind != object.KindMeta {
+		return nil, fmt.Errorf("%w: metadata object %s holds a kind %d object", ErrCorrupt, name, h.Kind)
+	}
+	return plain, nil
 }

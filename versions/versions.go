@@ -37,6 +37,11 @@ type RemoveOptions struct {
 	// exclusive lock, after the protection and age checks; an error
 	// refuses the removal (retention uses it to re-check its decision).
 	Check func(*metastore.Version) error
+	// BeforeRemove, when set, runs under the version's exclusive lock
+	// after every check, before the metastore forgets the version: the
+	// CLI deletes the version's metadata from the data backend there, so
+	// that it cannot come back with a rebuild. An error keeps the version.
+	BeforeRemove func(*metastore.Version) error
 }
 
 // Remove deletes a version from the metastore. Its blocks become
@@ -69,6 +74,11 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 	}
 	if o.Check != nil {
 		if err := o.Check(v); err != nil {
+			return err
+		}
+	}
+	if o.BeforeRemove != nil {
+		if err := o.BeforeRemove(v); err != nil {
 			return err
 		}
 	}

@@ -95,6 +95,9 @@ func newApp(e *env) *cli.App {
 			cmdScrub(e, false),
 			cmdScrub(e, true),
 			cmdMigrateEncryption(e),
+			cmdExport(e),
+			cmdImport(e),
+			cmdRebuildMetastore(e),
 			cmdVersion(e),
 		},
 		CommandNotFound: func(c *cli.Context, name string) {

@@ -109,11 +109,20 @@ func cmdBackup(e *env) *cli.Command {
 				}
 				v = ev
 			}
+			// The version's metadata goes beside its blocks; a failure
+			// is reported after the result (the version is complete).
+			serr := s.syncMeta(c.Context)
 			if e.json {
-				return ui.JSON(e.stdout, v)
+				if err := ui.JSON(e.stdout, v); err != nil {
+					return err
+				}
+			} else if _, err := fmt.Fprintln(e.stdout, v.UID); err != nil {
+				return err
 			}
-			_, err = fmt.Fprintln(e.stdout, v.UID)
-			return err
+			if serr != nil {
+				return fmt.Errorf("version %s is complete, but %w", v.UID, serr)
+			}
+			return nil
 		},
 	}
 }

@@ -34,8 +34,31 @@ func cmdCleanup(e *env) *cli.Command {
 					e.log.Warn("waiting for running backups and migrations to finish before the orphan sweep")
 				}
 			}
+			// Every version's metadata is in the backend before anything
+			// is deleted (a replaced object may still be named by a stale
+			// snapshot), and objects of versions only the backend knows
+			// are kept.
+			if err := s.syncMeta(c.Context); err != nil {
+				return fmt.Errorf("nothing was deleted: %w", err)
+			}
+			cat, err := s.catalog(c.Context)
+			if err != nil {
+				return err
+			}
+			prot, err := cat.Protected(c.Context, s.db)
+			if err != nil {
+				return fmt.Errorf("nothing was deleted: reading the version metadata in the data backend: %w", err)
+			}
+			if len(prot.Versions) > 0 {
+				e.log.Warn("the data backend holds versions this metastore does not know (or newer states of them); their blocks are kept: import them with 'backy rebuild-metastore' or 'backy import', or remove their metadata",
+					"versions", prot.Versions, "objects_kept", len(prot.Names))
+			}
+			if len(prot.Unreadable) > 0 {
+				e.log.Warn("the data backend holds unreadable metadata of versions this metastore does not know", "versions", prot.Unreadable)
+			}
 			res, err := cleanup.Run(c.Context, s.be, s.db, cleanup.Options{
 				Orphans: c.Bool("orphans"), NoWait: c.Bool("no-wait"), Workers: e.cfg.Defaults.Workers, Logger: e.log,
+				Keep: prot.Keep,
 			})
 			if res == nil {
 				return err
@@ -55,6 +78,7 @@ func cmdCleanup(e *env) *cli.Command {
 				{"space freed (stored bytes)", fmt.Sprintf("%s (%d)", ui.Bytes(res.BytesFreed), res.BytesFreed)},
 				{"plain bytes of those blocks", ui.Bytes(res.PlainBytesFreed)},
 				{"other trash objects deleted", fmt.Sprint(res.TrashDeleted)},
+				{"kept for versions only the backend knows", fmt.Sprint(res.Kept)},
 			}
 			if o := res.Orphans; o != nil {
 				rows = append(rows,

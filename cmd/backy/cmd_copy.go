@@ -145,6 +145,11 @@ func (e *env) runCopy(c *cli.Context, to string, o replicate.Options) (*replicat
 	o.Progress = func(p replicate.Progress) { prog.Update(p.Done, p.Total) }
 	rep, err := replicate.Run(ctx, src, dst, o)
 	prog.Done()
+	if !o.DryRun {
+		if serr := ts.syncMeta(ctx); serr != nil && err == nil {
+			err = fmt.Errorf("target store: %w", serr)
+		}
+	}
 	if err != nil && ctx.Err() != nil && !o.DryRun {
 		err = fmt.Errorf("%w; the versions copied so far are complete in the target, and the one being copied is left incomplete there: run the same copy again to continue it", err)
 	}

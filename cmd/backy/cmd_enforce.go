@@ -129,6 +129,7 @@ func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.
 		planned := v.Expire
 		err := versions.Remove(s.db, v.UID, versions.RemoveOptions{
 			Force: force, MinAge: minAge, Now: now,
+			BeforeRemove: func(cur *metastore.Version) error { return s.deleteMeta(c.Context, cur.UID) },
 			// The version may have changed since it was listed.
 			Check: func(cur *metastore.Version) error {
 				if cur.Status == metastore.StatusIncomplete || cur.Removing || !sameTime(cur.Expire, planned) || !cur.Date.Equal(v.Date) {

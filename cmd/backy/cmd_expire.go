@@ -37,11 +37,16 @@ func cmdExpire(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			serr := s.syncMeta(c.Context)
 			if e.json {
-				return ui.JSON(e.stdout, v)
+				err = ui.JSON(e.stdout, v)
+			} else {
+				_, err = fmt.Fprintf(e.stdout, "%s expire=%s\n", v.UID, expireString(v.Expire))
 			}
-			_, err = fmt.Fprintf(e.stdout, "%s expire=%s\n", v.UID, expireString(v.Expire))
-			return err
+			if err != nil {
+				return err
+			}
+			return serr
 		}),
 	}
 }

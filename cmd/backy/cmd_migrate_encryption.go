@@ -65,10 +65,16 @@ func cmdMigrateEncryption(e *env) *cli.Command {
 			res, err := reencrypt.Run(c.Context, bst, s.db, reencrypt.Options{
 				UIDs: uids, Workers: e.cfg.Defaults.Workers, Logger: e.log,
 				Progress: func(p reencrypt.Progress) { prog.Update(p.Done, p.Total) },
+				// No replaced object goes before the snapshots naming it
+				// are rewritten.
+				BeforeDelete: s.syncMeta,
 			})
 			prog.Done()
 			if res == nil {
 				return err
+			}
+			if serr := s.syncMeta(c.Context); serr != nil && err == nil {
+				err = serr
 			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesWritten, res.Examined
 			if e.json {

@@ -31,13 +31,17 @@ func cmdProtect(e *env, protect bool) *cli.Command {
 				}
 				out = append(out, v)
 			}
+			serr := s.syncMeta(c.Context)
 			if e.json {
-				return ui.JSON(e.stdout, out)
+				if err := ui.JSON(e.stdout, out); err != nil {
+					return err
+				}
+			} else {
+				for _, v := range out {
+					fmt.Fprintf(e.stdout, "%s protected=%v\n", v.UID, v.Protected)
+				}
 			}
-			for _, v := range out {
-				fmt.Fprintf(e.stdout, "%s protected=%v\n", v.UID, v.Protected)
-			}
-			return nil
+			return serr
 		}),
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions"
 )
 
@@ -21,7 +22,8 @@ func cmdRm(e *env) *cli.Command {
 		},
 		Action: e.withStore(1, -1, "one or more VERSIONs", func(c *cli.Context, s *store) error {
 			days := min(e.cfg.Defaults.DisallowRmWhenYoungerThanDays, 100*365)
-			o := versions.RemoveOptions{Force: c.Bool("force"), MinAge: time.Duration(days) * 24 * time.Hour, Now: time.Now()}
+			o := versions.RemoveOptions{Force: c.Bool("force"), MinAge: time.Duration(days) * 24 * time.Hour, Now: time.Now(),
+				BeforeRemove: func(v *metastore.Version) error { return s.deleteMeta(c.Context, v.UID) }}
 			var removed []string
 			var failed multiError
 			for _, uid := range c.Args().Slice() {

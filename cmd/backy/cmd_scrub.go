@@ -116,6 +116,10 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 			if res == nil {
 				return err
 			}
+			// Versions found damaged or healed changed status.
+			if serr := s.syncMeta(c.Context); serr != nil && err == nil {
+				err = serr
+			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesVerified, res.BlocksChecked
 			if e.json {
 				if jerr := ui.JSON(e.stdout, res); jerr != nil {

@@ -20,10 +20,13 @@ import (
 	"github.com/backy/backy/scrub"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/backup"
+	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/hints"
+	"github.com/backy/backy/versions/manifest"
 	"github.com/backy/backy/versions/replicate"
 	"github.com/backy/backy/versions/restore"
 	"github.com/backy/backy/versions/source"
+	"github.com/backy/backy/versions/transfer"
 )
 
 // Exit codes, documented in README.md ("Exit codes") and in --help. They
@@ -73,7 +76,7 @@ func exitCode(err error) int {
 		return exitNoSpace
 	case errors.Is(err, config.ErrInvalid), errors.Is(err, errStoreMismatch), errors.Is(err, errConfigTarget), errors.Is(err, s3.ErrNoBucket):
 		return exitConfig
-	case errors.Is(err, metastore.ErrNewerSchema), errors.Is(err, object.ErrNewerFormat):
+	case errors.Is(err, metastore.ErrNewerSchema), errors.Is(err, object.ErrNewerFormat), errors.Is(err, manifest.ErrNewerFormat):
 		return exitIncompatible
 	case errors.Is(err, metastore.ErrLocked), errors.Is(err, metastore.ErrBusy):
 		return exitLocked
@@ -86,19 +89,22 @@ func exitCode(err error) int {
 	case errors.Is(err, scrub.ErrSourceSize):
 		return exitDataErr
 	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged),
-		errors.Is(err, replicate.ErrBlockSize):
+		errors.Is(err, replicate.ErrBlockSize), errors.Is(err, manifest.ErrInvalid), errors.Is(err, transfer.ErrOtherStore),
+		errors.Is(err, transfer.ErrKeyMismatch):
 		return exitDataErr
 	case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrMissing), errors.Is(err, restore.ErrNotRestorable),
 		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky),
 		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, reencrypt.ErrIncomplete), errors.Is(err, keyring.ErrBadRegistration),
-		errors.Is(err, replicate.ErrNotCopyable):
+		errors.Is(err, replicate.ErrNotCopyable), errors.Is(err, transfer.ErrMissingObjects), errors.Is(err, metastore.ErrTrashed),
+		errors.Is(err, transfer.ErrNotExportable):
 		return exitIntegrity
 	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists),
-		errors.Is(err, replicate.ErrConflict):
+		errors.Is(err, replicate.ErrConflict), errors.Is(err, transfer.ErrExists), errors.Is(err, transfer.ErrHealthy),
+		errors.Is(err, blockstore.ErrStoreExists):
 		return exitCantCreate
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, metastore.ErrVersionNotFound), errors.Is(err, metastore.ErrNoStore),
 		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions),
-		errors.Is(err, replicate.ErrNoVersions):
+		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot):
 		return exitNotFound
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
 		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported):

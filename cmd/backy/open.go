@@ -22,6 +22,7 @@ import (
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/migrate"
+	"github.com/backy/backy/versions/catalog"
 )
 
 var (
@@ -50,9 +51,16 @@ type store struct {
 	db *metastore.DB
 	be backend.Backend
 	st *blockstore.Store
+	// cat is the catalog of version snapshots (meta.go), extra the block
+	// stores opened for it besides st.
+	cat   *catalog.Catalog
+	extra []*blockstore.Store
 }
 
 func (s *store) Close() {
+	for _, st := range s.extra {
+		st.Close()
+	}
 	if s.st != nil {
 		s.st.Close()
 	}
@@ -107,7 +115,7 @@ func (e *env) close() {
 // created on first use, with one line on stderr saying where.
 func (e *env) openStore(ctx context.Context) (*store, error) {
 	s, err := e.openStoreInner(ctx)
-	if err != nil && !errors.Is(err, metastore.ErrNoStore) && !errors.Is(err, errStoreMismatch) && !errors.Is(err, config.ErrInvalid) &&
+	if err != nil && !errors.Is(err, metastore.ErrNoStore) && !errors.Is(err, errStoreMismatch) && !errors.Is(err, blockstore.ErrStoreExists) && !errors.Is(err, config.ErrInvalid) &&
 		!errors.Is(err, metastore.ErrNewerSchema) && !errors.Is(err, metastore.ErrLocked) && !errors.Is(err, metastore.ErrBusy) {
 		where := "the paths in " + configName(e.cfg)
 		if e.isDefault {
@@ -140,7 +148,7 @@ func (e *env) openExisting(ctx context.Context) (*store, error) {
 	db, err := migrate.Open(ctx, cfg.Meta.Path, metastore.Options{}, migrate.Options{Notify: func(s string) { fmt.Fprintln(e.stderr, s) }})
 	if err != nil {
 		if errors.Is(err, metastore.ErrNoStore) {
-			return nil, fmt.Errorf("%w: run 'backy init' first (config: %s)", err, configName(cfg))
+			return nil, fmt.Errorf("%w: run 'backy init' first, or 'backy rebuild-metastore' if the data backend holds a store whose metastore was lost (config: %s)", err, configName(cfg))
 		}
 		return nil, err
 	}

@@ -69,7 +69,12 @@ type Options struct {
 	// as many passes as it takes, one scan of the block records each.
 	// 0 = 2^21 (32 MiB).
 	NamesPerPass int
-	Logger       *slog.Logger
+	// Keep, when set, names objects that must stay whatever the metastore
+	// says: those of versions whose metadata only the data backend holds
+	// (catalog.Protection.Keep). Their unreferenced records stay, their
+	// trash entries stay, and the orphan sweep leaves them.
+	Keep   func(block.Name) bool
+	Logger *slog.Logger
 }
 
 // Result summarises a cleanup.
@@ -83,6 +88,9 @@ type Result struct {
 	// TrashDeleted counts other objects deleted from the trash (left by
 	// migrations, redundant uploads or an interrupted cleanup).
 	TrashDeleted int64 `json:"trash_objects_deleted"`
+	// Kept counts unreferenced blocks and trash objects left because a
+	// version known only to the backend uses them (Options.Keep).
+	Kept int64 `json:"kept_for_backend_versions"`
 	// Orphans is the orphan sweep's result (with Options.Orphans).
 	Orphans         *OrphanResult `json:"orphans,omitempty"`
 	DurationSeconds float64       `json:"duration_seconds"`
@@ -168,10 +176,15 @@ func (c *cleaner) collect(ctx context.Context, res *Result) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		batch, err := c.db.CollectGarbage(after, c.o.Batch)
+		var keep func(block.Record) bool
+		if c.o.Keep != nil {
+			keep = func(r block.Record) bool { return c.o.Keep(r.Name) }
+		}
+		batch, err := c.db.CollectGarbageKeeping(after, c.o.Batch, keep)
 		if err != nil {
 			return err
 		}
+		res.Kept += int64(batch.Kept)
 		if batch.Stale > 0 {
 			c.log.Warn("dropped stale gc entries", "count", batch.Stale)
 		}
@@ -201,16 +214,24 @@ func (c *cleaner) collect(ctx context.Context, res *Result) error {
 }
 
 // drainTrash deletes every other object waiting in the trash. It stops at
-// the first batch with an object it could not delete (that stays).
+// the first batch with an object it could not delete (that stays), and at
+// a batch of objects all kept (Options.Keep; they stay for a later run).
 func (c *cleaner) drainTrash(ctx context.Context, res *Result) error {
 	for {
 		entries, err := c.db.Trash(c.o.Batch)
 		if err != nil || len(entries) == 0 {
 			return err
 		}
-		names := make([]block.Name, len(entries))
-		for i, e := range entries {
-			names[i] = e.Name
+		names := make([]block.Name, 0, len(entries))
+		for _, e := range entries {
+			if c.o.Keep != nil && c.o.Keep(e.Name) {
+				res.Kept++
+				continue
+			}
+			names = append(names, e.Name)
+		}
+		if len(names) == 0 {
+			return nil
 		}
 		n, err := c.deleteTrash(ctx, names)
 		res.TrashDeleted += n
@@ -392,6 +413,9 @@ func (c *cleaner) orphanPass(ctx context.Context, lo, hi byte, res *OrphanResult
 				return nil
 			}
 			if _, found := slices.BinarySearchFunc(known, name, cmp); found {
+				return nil
+			}
+			if c.o.Keep != nil && c.o.Keep(name) {
 				return nil
 			}
 			pending = append(pending, candidate{name, info.Size})

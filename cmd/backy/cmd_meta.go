@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/blockstore/keyring"
+	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions/catalog"
+	"github.com/backy/backy/versions/transfer"
+)
+
+func cmdExport(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "export",
+		Usage:     "write versions' metadata (block maps and block records) to a file or standard output",
+		ArgsUsage: "VERSION...",
+		Description: "Writes the versions, their block maps and the records of their blocks in backy's\n" +
+			"version metadata format (docs/FORMAT.md), enough for 'backy import' to register them in\n" +
+			"another metastore over the same data backend. Memory does not grow with the versions' size.\n" +
+			"The data backend keeps the same metadata of every version by itself (see rebuild-metastore).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write to `FILE` (made under a temporary name, renamed when complete) instead of standard output"},
+			&cli.BoolFlag{Name: "force", Usage: "replace an existing output file"},
+		},
+		Action: e.withStore(1, -1, "one or more VERSIONs", func(c *cli.Context, s *store) error {
+			uids := c.Args().Slice()
+			for _, uid := range uids {
+				if _, err := versionArg(s.db, uid); err != nil {
+					return err
+				}
+			}
+			out := c.String("output")
+			if out == "" || out == "-" {
+				if f, ok := e.stdout.(*os.File); ok && ui.IsTerminal(f) {
+					return usageErr("export writes binary data: redirect standard output or use -o FILE")
+				}
+				res, err := transfer.Export(c.Context, s.db, uids, e.stdout, "backy "+backyVersion())
+				if err == nil {
+					e.log.Info("exported", "versions", len(res.Versions), "bytes", res.Bytes)
+				}
+				return err
+			}
+			res, err := exportFile(c.Context, s.db, uids, out, c.Bool("force"))
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return ui.JSON(e.stdout, map[string]any{"file": out, "versions": res.Versions, "bytes": res.Bytes})
+			}
+			fmt.Fprintf(e.stdout, "exported %d version(s) to %s (%s)\n", len(res.Versions), out, ui.Bytes(res.Bytes))
+			return nil
+		}),
+	}
+}
+
+// exportFile writes the export under a temporary name beside path,
+// fsyncs it and renames it into place: a crash leaves no partial file.
+func exportFile(ctx context.Context, db *metastore.DB, uids []string, path string, force bool) (*transfer.ExportResult, error) {
+	if _, err := os.Stat(path); err == nil && !force {
+		return nil, fmt.Errorf("%w: %s exists (use --force to replace it)", metastore.ErrExists, path)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("creating the export file: %w", err)
+	}
+	tmp := f.Name()
+	res, err := transfer.Export(ctx, db, uids, f, "backy "+backyVersion())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDirOf(path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	return res, nil
+}
+
+func syncDirOf(path string) error {
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func cmdImport(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "import",
+		Usage:     "register versions from an export of this store's metadata",
+		ArgsUsage: "[FILE|-]",
+		Description: "Reads an export ('backy export') of versions of this store (same data backend), validates\n" +
+			"all of it (format, checksum, store, keys, uids, and that every object it names is in the data\n" +
+			"backend with its size, unless --no-verify), then adds the versions in one transaction: all or\n" +
+			"nothing. Versions that exist already are refused. Nothing is ever queued for deletion.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "no-verify", Usage: "do not check that the objects the export names are in the data backend"},
+		},
+		Action: e.withStore(0, 1, "at most one FILE", func(c *cli.Context, s *store) error {
+			name := c.Args().First()
+			open, done, err := importSource(name, os.Stdin)
+			if err != nil {
+				return err
+			}
+			defer done()
+			// No orphan sweep may delete an object between the check
+			// and the commit.
+			wlk, err := s.db.LockWriter(func(err error) { e.log.Warn("waiting for the writers lock", "reason", err) })
+			if err != nil {
+				return err
+			}
+			defer wlk.Unlock()
+			o := transfer.ImportOptions{Workers: s.ioWorkers(), Logger: e.log}
+			if !c.Bool("no-verify") {
+				st, err := blockstore.New(s.be, blockstore.Options{})
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				o.Objects = st
+			}
+			res, err := transfer.Import(c.Context, s.db, open, o)
+			if err != nil {
+				return err
+			}
+			wlk.Unlock()
+			serr := s.syncMeta(c.Context)
+			if e.json {
+				if err := ui.JSON(e.stdout, res); err != nil {
+					return err
+				}
+			} else {
+				for _, uid := range res.Versions {
+					fmt.Fprintf(e.stdout, "imported %s\n", uid)
+				}
+			}
+			return serr
+		}),
+	}
+}
+
+// importSource returns how to open the import's bytes (twice: once to
+// check, once to apply). Standard input is spooled to a temporary file.
+func importSource(name string, stdin io.Reader) (func() (io.ReadCloser, error), func(), error) {
+	if name != "" && name != "-" {
+		if _, err := os.Stat(name); err != nil {
+			return nil, nil, fmt.Errorf("import file: %w", err)
+		}
+		return func() (io.ReadCloser, error) { return os.Open(name) }, func() {}, nil
+	}
+	f, err := os.CreateTemp("", "backy-import-*")
+	if err != nil {
+		return nil, nil, fmt.Errorf("spooling standard input: %w", err)
+	}
+	done := func() { _ = f.Close(); _ = os.Remove(f.Name()) }
+	if _, err := io.Copy(f, stdin); err != nil {
+		done()
+		return nil, nil, fmt.Errorf("reading standard input: %w", err)
+	}
+	open := func() (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(f, 0, 1<<62)), nil
+	}
+	return open, done, nil
+}
+
+func cmdRebuildMetastore(e *env) *cli.Command {
+	return &cli.Command{
+		Name:  "rebuild-metastore",
+		Usage: "recreate a lost or damaged metastore from the data backend alone",
+		Description: "Reads the store identity, the key registrations and the newest readable metadata of every\n" +
+			"version from the data backend and builds a new metastore from them (versions, block maps, block\n" +
+			"records, reference counts). It is built under a temporary name, checked, and renamed into place;\n" +
+			"an existing metastore is kept as <metastore>.replaced-<time>. A metastore that opens and checks\n" +
+			"clean is refused without --force. No other backy command runs on the store meanwhile.\n" +
+			"Versions whose backup had not completed are not in the backend's metadata and are lost.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "force", Usage: "rebuild even a metastore that checks clean (it is kept aside)"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := args(c, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			ctx := c.Context
+			be, err := newBackend(ctx, e.cfg, e.log, false)
+			if err != nil {
+				return err
+			}
+			defer be.Close()
+			var stores []*blockstore.Store
+			defer func() {
+				for _, st := range stores {
+					st.Close()
+				}
+			}()
+			open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
+				st, err := readStore(ctx, e, db, be)
+				if err != nil {
+					return nil, err
+				}
+				stores = append(stores, st)
+				return catalog.New(st, "backy "+backyVersion(), e.log), nil
+			}
+			prog := ui.NewProgress(os.Stderr, "rebuild-metastore")
+			res, err := transfer.Rebuild(ctx, e.cfg.Meta.Path, be, open, transfer.RebuildOptions{Force: c.Bool("force"), Logger: e.log})
+			prog.Done()
+			if err != nil {
+				return err
+			}
+			// Versions whose snapshots disagreed get fresh ones.
+			s, err := e.openExisting(ctx)
+			if err != nil {
+				return fmt.Errorf("the metastore was rebuilt, but opening it failed: %w", err)
+			}
+			defer s.Close()
+			serr := s.syncMeta(ctx)
+			if e.json {
+				if err := ui.JSON(e.stdout, res); err != nil {
+					return err
+				}
+				return serr
+			}
+			rows := [][]string{
+				{"versions", fmt.Sprint(res.Versions)},
+				{"from an older snapshot", fmt.Sprint(res.OlderSnapshots)},
+				{"block references", fmt.Sprint(res.Blocks)},
+				{"block records", fmt.Sprint(res.Records)},
+				{"conflicting records", fmt.Sprint(res.Conflicts)},
+				{"unreadable versions", strings.Join(res.Unreadable, " ")},
+				{"old metastore kept as", res.KeptAside},
+				{"duration", fmt.Sprintf("%.2fs", res.DurationSeconds)},
+			}
+			if err := ui.Table(e.stdout, []string{"FIELD", "VALUE"}, rows); err != nil {
+				return err
+			}
+			if len(res.Unreadable) > 0 && serr == nil {
+				serr = fmt.Errorf("%w: %d version(s) could not be rebuilt: %s", catalog.ErrNoSnapshot, len(res.Unreadable), strings.Join(res.Unreadable, " "))
+			}
+			return serr
+		},
+	}
+}
+
+// readStore opens a block store over be that reads with the configured
+// keys, verified against db's registrations (registering nothing).
+func readStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend) (*blockstore.Store, error) {
+	sources, err := keySources(e.cfg)
+	if err != nil {
+		return nil, err
+	}
+	ring, err := keyring.Load(ctx, db, be, sources, 0, keyring.Options{Log: e.log})
+	if err != nil {
+		return nil, err
+	}
+	o := storeOptions(e.cfg)
+	o.Keys = ring
+	return blockstore.New(be, o)
+}
+
+// restoreFromBackend builds a throwaway metastore of version uid from the
+// data backend and runs fn with it and a reading block store.
+func restoreFromBackend(ctx context.Context, e *env, uid string, fn func(*metastore.DB, *blockstore.Store) error) error {
+	if !metastore.ValidUID(uid) {
+		return fmt.Errorf("%w: %q is not a version uid", metastore.ErrVersionNotFound, uid)
+	}
+	be, err := newBackend(ctx, e.cfg, e.log, false)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	dir, err := os.MkdirTemp("", "backy-restore-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	var st *blockstore.Store
+	open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
+		s, err := readStore(ctx, e, db, be)
+		if err != nil {
+			return nil, err
+		}
+		st = s
+		return catalog.New(s, "", e.log), nil
+	}
+	db, err := transfer.FromBackend(ctx, dir, be, open, uid, e.log)
+	if st != nil {
+		defer st.Close()
+	}
+	if err != nil {
+		if errors.Is(err, catalog.ErrNoSnapshot) {
+			return fmt.Errorf("%w (list the versions the backend holds: they are under versions/ in %s)", err, dataLocation(e.cfg))
+		}
+		return err
+	}
+	defer db.Close()
+	return fn(db, st)
+}
