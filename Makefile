@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build install test test-s3 test-short race bench lint fuzz clean
+.PHONY: all build install test test-s3 test-short race bench bench-go bench-rebuild lint fuzz clean
 
 all: build
 
@@ -40,6 +40,10 @@ bench: build
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./blockstore/... ./metastore/...
 
+# rebuild-metastore on a generated store of 1,000 versions (metadata only).
+bench-rebuild:
+	$(GO) test -run '^$$' -bench Rebuild -benchtime 3x ./versions/transfer/
+
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) vet ./...
@@ -54,6 +58,8 @@ fuzz:
 	$(GO) test ./metastore/blockmap -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./blockstore/keyring -run '^$$' -fuzz FuzzParseRegistration -fuzztime $(FUZZTIME)
 	$(GO) test ./versions/retention -run '^$$' -fuzz FuzzParseRules -fuzztime $(FUZZTIME)
+	$(GO) test ./versions/manifest -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
+	$(GO) test ./versions/transfer -run '^$$' -fuzz FuzzImport -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin
