@@ -158,6 +158,12 @@ func (db *DB) SetSnapshot(uid string, gen uint64, tag uint32) (bool, error) {
 		}
 		s.Gen, s.Tag = gen, tag
 		recorded = true
+		m := tx.Bucket(bktMeta)
+		if getU64(m, keyGen) < gen {
+			if err := putU64(m, keyGen, gen); err != nil {
+				return err
+			}
+		}
 		return b.Put([]byte(uid), encodeVMeta(s))
 	})
 	return recorded, err
@@ -243,50 +249,54 @@ func (im *Importer) CreateVersion(v *Version) error {
 // record for already are ignored (the existing record stays), the others
 // are added. A new record whose object is in the trash fails with
 // ErrTrashed; a block with no record at all fails with
-// *MissingBlocksError.
-func (im *Importer) AppendPage(uid string, ids []block.ID, recs []block.Record) error {
+// *MissingBlocksError. It returns how many of recs named another object
+// than the existing record of their block.
+func (im *Importer) AppendPage(uid string, ids []block.ID, recs []block.Record) (conflicts int, err error) {
 	s := im.s
 	for _, r := range recs {
 		if r.ID.IsSparse() {
 			continue
 		}
-		if _, ok, err := s.record(r.ID); err != nil {
-			return err
+		if cur, ok, err := s.record(r.ID); err != nil {
+			return conflicts, err
 		} else if ok {
+			if cur.Name != r.Name {
+				conflicts++
+			}
 			continue
 		}
 		if s.trash.Get(r.Name[:]) != nil {
-			return fmt.Errorf("%w: object %s of block %s", ErrTrashed, r.Name, r.ID.Short())
+			return conflicts, fmt.Errorf("%w: object %s of block %s", ErrTrashed, r.Name, r.ID.Short())
 		}
 		if r.EncVersion != 0 && s.tx.Bucket(bktEncVersions).Get(encKey(r.EncVersion)) == nil {
-			return fmt.Errorf("block %s is stored at encryption version %d, which is not registered", r.ID.Short(), r.EncVersion)
+			return conflicts, fmt.Errorf("block %s is stored at encryption version %d, which is not registered", r.ID.Short(), r.EncVersion)
 		}
 		if err := s.putRecord(storedRecord{Record: r}); err != nil {
-			return err
+			return conflicts, err
 		}
 		if err := s.addStored(r, 1); err != nil {
-			return err
+			return conflicts, err
 		}
 	}
 	maps := s.tx.Bucket(bktMaps)
 	raw := maps.Get([]byte(uid))
 	if raw == nil {
-		return fmt.Errorf("%w: %s", ErrVersionNotFound, uid)
+		return conflicts, fmt.Errorf("%w: %s", ErrVersionNotFound, uid)
 	}
 	missing := map[block.ID]bool{}
 	pid, err := s.acquirePage(NewPage(ids), missing)
 	if err != nil {
-		return err
+		return conflicts, err
 	}
 	if len(missing) > 0 {
 		e := &MissingBlocksError{}
 		for id := range missing {
 			e.IDs = append(e.IDs, id)
 		}
-		return e
+		return conflicts, e
 	}
 	next := append(append([]byte(nil), raw...), pid[:]...)
-	return maps.Put([]byte(uid), next)
+	return conflicts, maps.Put([]byte(uid), next)
 }
 
 // SetSnapshot records that version uid's snapshot (gen, tag) in the

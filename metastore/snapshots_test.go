@@ -146,13 +146,15 @@ func TestImportAllOrNothing(t *testing.T) {
 			if err := im.CreateVersion(v); err != nil {
 				return err
 			}
-			return im.AppendPage(uid, []block.ID{rec(4).ID, trashed.ID, block.Sparse}, []block.Record{rec(4), trashed})
+			_, err := im.AppendPage(uid, []block.ID{rec(4).ID, trashed.ID, block.Sparse}, []block.Record{rec(4), trashed})
+			return err
 		}, ErrTrashed},
 		{"no record", func(im *Importer) error {
 			if err := im.CreateVersion(v); err != nil {
 				return err
 			}
-			return im.AppendPage(uid, []block.ID{rec(5).ID, rec(6).ID, block.Sparse}, []block.Record{rec(5)})
+			_, err := im.AppendPage(uid, []block.ID{rec(5).ID, rec(6).ID, block.Sparse}, []block.Record{rec(5)})
+			return err
 		}, nil},
 		{"unregistered encryption version", func(im *Importer) error {
 			if err := im.CreateVersion(v); err != nil {
@@ -160,7 +162,8 @@ func TestImportAllOrNothing(t *testing.T) {
 			}
 			r := rec(7)
 			r.EncVersion = 3
-			return im.AppendPage(uid, []block.ID{r.ID, block.Sparse, block.Sparse}, []block.Record{r})
+			_, err := im.AppendPage(uid, []block.ID{r.ID, block.Sparse, block.Sparse}, []block.Record{r})
+			return err
 		}, nil},
 	}
 	for _, tc := range cases {
@@ -179,8 +182,12 @@ func TestImportAllOrNothing(t *testing.T) {
 		if err := im.CreateVersion(v); err != nil {
 			return err
 		}
-		if err := im.AppendPage(uid, []block.ID{rec(1).ID, rec(8).ID, rec(8).ID}, []block.Record{other, rec(8)}); err != nil {
+		n, err := im.AppendPage(uid, []block.ID{rec(1).ID, rec(8).ID, rec(8).ID}, []block.Record{other, rec(8)})
+		if err != nil {
 			return err
+		}
+		if n != 1 {
+			t.Errorf("AppendPage reported %d conflicts, want 1 (block 1)", n)
 		}
 		return im.SetSnapshot(uid, 1000, 9)
 	})

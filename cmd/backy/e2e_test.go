@@ -256,7 +256,8 @@ func TestUnchangedRebackup(t *testing.T) {
 	b := e2eNewBox(t)
 	img := e2eExt4(t, b.dir, "disk", 2)
 	v1 := b.backup(img, "vol")
-	u1 := e2eDirUsage(t, b.dataDir())
+	// Blocks only: each version also gets its metadata under versions/.
+	u1 := e2eDirUsage(t, filepath.Join(b.dataDir(), "blocks"))
 	if u1.files < 2 || u1.bytes < v1.BytesWritten {
 		t.Fatalf("data directory %s holds %d files, %d bytes after a backup that wrote %d bytes", b.dataDir(), u1.files, u1.bytes, v1.BytesWritten)
 	}
@@ -270,8 +271,11 @@ func TestUnchangedRebackup(t *testing.T) {
 	if v2.BytesDeduplicated <= 0 || v2.BytesDeduplicated+v2.BytesSparse != v2.Size {
 		t.Errorf("second backup: deduplicated %d + sparse %d, want the size %d", v2.BytesDeduplicated, v2.BytesSparse, v2.Size)
 	}
-	if u2 := e2eDirUsage(t, b.dataDir()); u2 != u1 {
-		t.Errorf("data directory changed from %+v to %+v", u1, u2)
+	if u2 := e2eDirUsage(t, filepath.Join(b.dataDir(), "blocks")); u2 != u1 {
+		t.Errorf("blocks in the data directory changed from %+v to %+v", u1, u2)
+	}
+	if m := e2eDirUsage(t, filepath.Join(b.dataDir(), "versions")); m.files != 2 {
+		t.Errorf("versions/ holds %d objects after two small backups, want one snapshot each", m.files)
 	}
 	b.restore(v2.UID, img)
 	b.restore(v1.UID, img)
@@ -343,14 +347,14 @@ func TestDedupAcrossVolumes(t *testing.T) {
 	b := e2eNewBox(t)
 	img := e2eExt4(t, b.dir, "disk", 3)
 	va := b.backup(img, "vm-1-disk-0")
-	u := e2eDirUsage(t, b.dataDir())
+	u := e2eDirUsage(t, filepath.Join(b.dataDir(), "blocks"))
 	vb := b.backup(img, "vm-2-disk-0")
 	if vb.BytesWritten != 0 || vb.BytesDeduplicated != va.Size-va.BytesSparse || vb.BytesSparse != va.BytesSparse {
 		t.Errorf("backup under another volume: written %d, deduplicated %d, sparse %d; want 0, %d, %d",
 			vb.BytesWritten, vb.BytesDeduplicated, vb.BytesSparse, va.Size-va.BytesSparse, va.BytesSparse)
 	}
-	if u2 := e2eDirUsage(t, b.dataDir()); u2 != u {
-		t.Errorf("data directory changed from %+v to %+v", u, u2)
+	if u2 := e2eDirUsage(t, filepath.Join(b.dataDir(), "blocks")); u2 != u {
+		t.Errorf("blocks in the data directory changed from %+v to %+v", u, u2)
 	}
 	if vs := b.ls("vm-2-disk-0"); len(vs) != 1 || vs[0].UID != vb.UID || vs[0].Volume != "vm-2-disk-0" {
 		t.Errorf("ls vm-2-disk-0: %+v", vs)

@@ -391,7 +391,9 @@ func (c *commitState) commit(ctx context.Context, final bool, start time.Time) e
 	if len(c.tail) > 0 {
 		pages = append(pages, metastore.NewPage(append([]block.ID(nil), c.tail...)))
 	}
-	done := int64(c.committedPages+len(c.full))*blockmap.PageEntries + int64(len(c.tail))
+	// A reused base page may be the version's short last page: count
+	// entries, not page capacity.
+	done := min(int64(c.committedPages+len(c.full))*blockmap.PageEntries+int64(len(c.tail)), e.v.Blocks())
 	for attempt := 0; ; attempt++ {
 		snapshot := *e.v // statistics, including blocks stored again below
 		// Records may only point to durable objects.

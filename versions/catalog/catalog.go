@@ -266,6 +266,13 @@ func StoreInfo(db *metastore.DB, writtenBy string) (manifest.StoreInfo, []manife
 // WriteVersion writes version v (read from db) as one manifest stream to
 // w. The caller holds the version's lock, so its map does not change.
 func WriteVersion(mw *manifest.Writer, db *metastore.DB, v *metastore.Version) error {
+	if v.BlocksDone > v.Blocks() {
+		// Backups before 2026-11-22 counted a reused short last page as
+		// full; the map holds the right number of entries.
+		c := *v
+		c.BlocksDone = v.Blocks()
+		v = &c
+	}
 	if err := mw.BeginVersion(v); err != nil {
 		return err
 	}

@@ -183,25 +183,37 @@ func rebuildInto(ctx context.Context, db *metastore.DB, cat *catalog.Catalog, re
 		}
 		return uids[i] < uids[j]
 	})
-	for _, uid := range uids {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		st, err := importLatest(ctx, db, cat, all[uid], log)
-		if errors.Is(err, catalog.ErrNoSnapshot) {
-			log.Error("no readable metadata of the version in the backend; it is not rebuilt", "version", uid, "err", err)
-			res.Unreadable = append(res.Unreadable, uid)
+	const batch = 32
+	for lo := 0; lo < len(uids); lo += batch {
+		chunk := uids[lo:min(lo+batch, len(uids))]
+		err := importBatch(ctx, db, cat, all, chunk, res)
+		if err == nil {
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("version %s: %w", uid, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		res.Versions++
-		res.Blocks += st.blocks
-		res.Records += st.records
-		res.Conflicts += st.conflicts
-		if st.older {
-			res.OlderSnapshots++
+		// Something in the batch is damaged (or worse): one by one.
+		for _, uid := range chunk {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			st, err := importLatest(ctx, db, cat, all[uid], log)
+			if errors.Is(err, catalog.ErrNoSnapshot) {
+				log.Error("no readable metadata of the version in the backend; it is not rebuilt", "version", uid, "err", err)
+				res.Unreadable = append(res.Unreadable, uid)
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("version %s: %w", uid, err)
+			}
+			res.Versions++
+			res.Blocks += st.blocks
+			res.Records += st.records
+			res.Conflicts += st.conflicts
+			if st.older {
+				res.OlderSnapshots++
+			}
 		}
 	}
 	return nil
@@ -267,74 +279,106 @@ func importLatest(ctx context.Context, db *metastore.DB, cat *catalog.Catalog, r
 // stays unless all of it read and verified.
 func importSnapshot(ctx context.Context, db *metastore.DB, cat *catalog.Catalog, ref catalog.Ref) (snapStats, error) {
 	var st snapStats
+	err := db.Import(func(im *metastore.Importer) error {
+		var err error
+		st, err = importSnapshotTx(ctx, im, db, cat, ref)
+		return err
+	})
+	return st, err
+}
+
+// importSnapshotTx imports snapshot ref through im.
+func importSnapshotTx(ctx context.Context, im *metastore.Importer, db *metastore.DB, cat *catalog.Catalog, ref catalog.Ref) (snapStats, error) {
+	var st snapStats
 	if !ref.Contiguous {
 		return st, fmt.Errorf("%w: snapshot %s lacks chunks", manifest.ErrInvalid, ref.Dir())
 	}
-	err := db.Import(func(im *metastore.Importer) error {
-		st = snapStats{}
-		mr, err := manifest.NewReader(cat.Open(ctx, ref))
+	mr, err := manifest.NewReader(cat.Open(ctx, ref))
+	if err != nil {
+		return st, err
+	}
+	if err := checkStore(db, mr.Store()); err != nil {
+		return st, err
+	}
+	if err := registerKeys(im, mr.Keys()); err != nil {
+		return st, err
+	}
+	n := 0
+	for {
+		v, err := mr.NextVersion()
+		if err == io.EOF {
+			break
+		}
 		if err != nil {
-			return err
+			return st, err
 		}
-		if err := checkStore(db, mr.Store()); err != nil {
-			return err
+		if n++; n > 1 || v.UID != ref.UID {
+			return st, fmt.Errorf("%w: snapshot %s holds version %s", manifest.ErrInvalid, ref.Dir(), v.UID)
 		}
-		if err := registerKeys(im, mr.Keys()); err != nil {
-			return err
+		if err := im.CreateVersion(v); err != nil {
+			return st, err
 		}
-		n := 0
 		for {
-			v, err := mr.NextVersion()
+			p, err := mr.NextPage()
 			if err == io.EOF {
 				break
 			}
 			if err != nil {
+				return st, err
+			}
+			c, err := im.AppendPage(v.UID, p.IDs, p.Records)
+			if err != nil {
+				return st, err
+			}
+			st.conflicts += c
+			st.blocks += int64(len(p.IDs))
+			st.records += int64(len(p.Records))
+		}
+	}
+	if n == 0 {
+		return st, fmt.Errorf("%w: snapshot %s holds no version", manifest.ErrInvalid, ref.Dir())
+	}
+	if err := im.SetSnapshot(ref.UID, ref.Gen, ref.Tag); err != nil {
+		return st, err
+	}
+	if st.conflicts > 0 {
+		// Its snapshot names objects the metastore does not: write a
+		// fresh one.
+		return st, im.MarkChanged(ref.UID)
+	}
+	return st, nil
+}
+
+// importBatch imports the newest snapshot of each of uids in one
+// transaction (fewer commits: the rebuilt metastore is a new file, so a
+// batch needs no finer atomicity). Any failure rolls the batch back and
+// the caller imports its versions one by one.
+func importBatch(ctx context.Context, db *metastore.DB, cat *catalog.Catalog, all map[string][]catalog.Ref, uids []string, res *RebuildResult) error {
+	var sum RebuildResult
+	err := db.Import(func(im *metastore.Importer) error {
+		sum = RebuildResult{}
+		for _, uid := range uids {
+			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if n++; n > 1 || v.UID != ref.UID {
-				return fmt.Errorf("%w: snapshot %s holds version %s", manifest.ErrInvalid, ref.Dir(), v.UID)
-			}
-			if err := im.CreateVersion(v); err != nil {
+			st, err := importSnapshotTx(ctx, im, db, cat, all[uid][0])
+			if err != nil {
 				return err
 			}
-			for {
-				p, err := mr.NextPage()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					return err
-				}
-				for _, r := range p.Records {
-					cur, ok, err := im.Record(r.ID)
-					if err != nil {
-						return err
-					}
-					if ok && cur.Name != r.Name {
-						st.conflicts++
-					}
-				}
-				if err := im.AppendPage(v.UID, p.IDs, p.Records); err != nil {
-					return err
-				}
-				st.blocks += int64(len(p.IDs))
-				st.records += int64(len(p.Records))
-			}
-		}
-		if n == 0 {
-			return fmt.Errorf("%w: snapshot %s holds no version", manifest.ErrInvalid, ref.Dir())
-		}
-		if err := im.SetSnapshot(ref.UID, ref.Gen, ref.Tag); err != nil {
-			return err
-		}
-		if st.conflicts > 0 {
-			// Its snapshot names objects the metastore does not: write
-			// a fresh one.
-			return im.MarkChanged(ref.UID)
+			sum.Versions++
+			sum.Blocks += st.blocks
+			sum.Records += st.records
+			sum.Conflicts += st.conflicts
 		}
 		return nil
 	})
-	return st, err
+	if err == nil {
+		res.Versions += sum.Versions
+		res.Blocks += sum.Blocks
+		res.Records += sum.Records
+		res.Conflicts += sum.Conflicts
+	}
+	return err
 }
 
 func readIdentity(ctx context.Context, be backend.Backend) (blockstore.Identity, [16]byte, error) {

@@ -210,7 +210,7 @@ func importVersion(im *metastore.Importer, mr *manifest.Reader, v *metastore.Ver
 		if err != nil {
 			return err
 		}
-		if err := im.AppendPage(v.UID, p.IDs, p.Records); err != nil {
+		if _, err := im.AppendPage(v.UID, p.IDs, p.Records); err != nil {
 			return fmt.Errorf("version %s, block %d: %w", v.UID, p.First, err)
 		}
 	}
