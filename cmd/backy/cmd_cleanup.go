@@ -84,6 +84,7 @@ func cmdCleanup(e *env) *cli.Command {
 				rows = append(rows,
 					[]string{"objects listed", fmt.Sprint(o.Listed)},
 					[]string{"orphans deleted", fmt.Sprint(o.Objects)},
+					[]string{"objects kept for versions only the backend knows", fmt.Sprint(o.Kept)},
 					[]string{"orphan bytes freed", fmt.Sprintf("%s (%d)", ui.Bytes(o.Bytes), o.Bytes)},
 					[]string{"stale temporary files removed", fmt.Sprint(o.TempFiles)},
 					[]string{"foreign objects left alone", fmt.Sprint(o.Foreign)},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/backy/backy/cmd/backy/internal/ui"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
+	"github.com/backy/backy/versions/source"
 	"github.com/backy/backy/versions/transfer"
 )
 
@@ -164,6 +166,10 @@ func cmdImport(e *env) *cli.Command {
 func importSource(name string, stdin io.Reader) (func() (io.ReadCloser, error), func(), error) {
 	if name != "" && name != "-" {
 		if _, err := os.Stat(name); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				// Not found (66), as a missing backup source.
+				return nil, nil, fmt.Errorf("%w: import file %s does not exist", source.ErrNotFound, name)
+			}
 			return nil, nil, fmt.Errorf("import file: %w", err)
 		}
 		return func() (io.ReadCloser, error) { return os.Open(name) }, func() {}, nil
@@ -243,7 +249,7 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 				{"versions", fmt.Sprint(res.Versions)},
 				{"from an older snapshot", fmt.Sprint(res.OlderSnapshots)},
 				{"block references", fmt.Sprint(res.Blocks)},
-				{"block records", fmt.Sprint(res.Records)},
+				{"block records read (all versions)", fmt.Sprint(res.Records)},
 				{"conflicting records", fmt.Sprint(res.Conflicts)},
 				{"unreadable versions", strings.Join(res.Unreadable, " ")},
 				{"old metastore kept as", res.KeptAside},

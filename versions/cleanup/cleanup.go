@@ -106,6 +106,9 @@ type OrphanResult struct {
 	// Foreign counts objects under blocks/ whose names backy never writes;
 	// they are left alone.
 	Foreign int64 `json:"foreign_objects"`
+	// Kept counts unrecorded objects left because a version known only
+	// to the backend uses them (Options.Keep).
+	Kept int64 `json:"kept_for_backend_versions"`
 	// TempFiles counts stale temporary files of the file backend removed.
 	TempFiles int `json:"temp_files_removed"`
 	// Passes is the number of scans of the block records.
@@ -416,6 +419,7 @@ func (c *cleaner) orphanPass(ctx context.Context, lo, hi byte, res *OrphanResult
 				return nil
 			}
 			if c.o.Keep != nil && c.o.Keep(name) {
+				res.Kept++
 				return nil
 			}
 			pending = append(pending, candidate{name, info.Size})

@@ -137,10 +137,18 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 	_ = db.Close()
 	_ = os.RemoveAll(metastore.LockDir(tmp))
 	if _, err := os.Stat(dbPath); err == nil {
-		aside := dbPath + ".replaced-" + o.Now().UTC().Format("20060102T150405Z")
-		if err := os.Link(dbPath, aside); err != nil {
-			_ = os.Remove(tmp)
-			return nil, fmt.Errorf("keeping the old metastore aside as %s: %w", aside, err)
+		base := dbPath + ".replaced-" + o.Now().UTC().Format("20060102T150405Z")
+		aside := base
+		for i := 2; ; i++ {
+			err := os.Link(dbPath, aside)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, os.ErrExist) || i > 100 {
+				_ = os.Remove(tmp)
+				return nil, fmt.Errorf("keeping the old metastore aside as %s: %w", aside, err)
+			}
+			aside = fmt.Sprintf("%s-%d", base, i)
 		}
 		res.KeptAside = aside
 	}
