@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/backy/backy/blockstore/block"
@@ -103,18 +104,23 @@ type result struct {
 }
 
 type engine struct {
-	st     BlockStore
-	db     *metastore.DB
-	src    source.Source
-	o      Options
-	bs     int64
-	size   int64
-	nBlk   int64
-	hmap   *hints.Map
-	base   *metastore.Version
-	basePg []blockmap.PageID
-	v      *metastore.Version
-	log    *slog.Logger
+	// workerErr is the first error a worker failed with, recorded before
+	// the worker counts as done: the committer, finding the results
+	// closed early, reports it rather than a gap in the blocks (errgroup
+	// records a goroutine's error only after it returns).
+	workerErr atomic.Pointer[error]
+	st        BlockStore
+	db        *metastore.DB
+	src       source.Source
+	o         Options
+	bs        int64
+	size      int64
+	nBlk      int64
+	hmap      *hints.Map
+	base      *metastore.Version
+	basePg    []blockmap.PageID
+	v         *metastore.Version
+	log       *slog.Logger
 	// prevDuration is the time earlier runs spent on a resumed version.
 	prevDuration float64
 

@@ -50,6 +50,7 @@ func (e *engine) pipeline(ctx context.Context, firstPage int64, start time.Time)
 					pool <- j.buf
 				}
 				if err != nil {
+					e.workerErr.CompareAndSwap(nil, &err)
 					return err
 				}
 				select {
@@ -337,6 +338,9 @@ func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time
 		return err
 	}
 	if next != e.nBlk {
+		if werr := e.workerErr.Load(); werr != nil {
+			return *werr
+		}
 		return fmt.Errorf("internal error: backup ended at block %d of %d", next, e.nBlk)
 	}
 	return c.commit(ctx, true, start)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -19,12 +20,15 @@ import (
 
 // engine copies one version.
 type engine struct {
-	r        *run
-	v        *metastore.Version // in the source, share-locked
-	tv       *metastore.Version // in the target, locked; updated by each commit
-	res      *Result
-	srcPages []blockmap.PageID
-	n        int64 // map entries to copy
+	// workerErr: the first error of a worker, recorded before it counts
+	// as done (see backup's engine for why).
+	workerErr atomic.Pointer[error]
+	r         *run
+	v         *metastore.Version // in the source, share-locked
+	tv        *metastore.Version // in the target, locked; updated by each commit
+	res       *Result
+	srcPages  []blockmap.PageID
+	n         int64 // map entries to copy
 
 	mu        sync.Mutex
 	inflight  map[block.ID]*upload
@@ -84,6 +88,7 @@ func (e *engine) pipeline(ctx context.Context, firstPage int64) error {
 			for j := range jobs {
 				r, err := e.work(ctx, j, buf)
 				if err != nil {
+					e.workerErr.CompareAndSwap(nil, &err)
 					return err
 				}
 				select {
@@ -320,6 +325,9 @@ func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time
 		return err
 	}
 	if next != e.n {
+		if werr := e.workerErr.Load(); werr != nil {
+			return *werr
+		}
 		return fmt.Errorf("internal error: copy of %s ended at block %d of %d", e.v.UID, next, e.n)
 	}
 	return c.commit(ctx, true)
