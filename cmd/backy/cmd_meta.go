@@ -282,6 +282,46 @@ func readStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend
 	return blockstore.New(be, o)
 }
 
+// lsFromBackend lists the versions of volume (all when "") whose metadata
+// the data backend holds, reading the start of each one's newest snapshot.
+func lsFromBackend(ctx context.Context, e *env, volume string) ([]*metastore.Version, error) {
+	be, err := newBackend(ctx, e.cfg, e.log, false)
+	if err != nil {
+		return nil, err
+	}
+	defer be.Close()
+	dir, err := os.MkdirTemp("", "backy-ls-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	db, err := transfer.Scratch(ctx, dir, be)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	st, err := readStore(ctx, e, db, be)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	workers := max(16, be.Properties().Connections)
+	vs, bad, err := catalog.New(st, "", e.log).Versions(ctx, workers)
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		e.log.Warn("the data backend holds unreadable metadata of some versions", "versions", bad)
+	}
+	out := vs[:0]
+	for _, v := range vs {
+		if volume == "" || v.Volume == volume {
+			out = append(out, v)
+		}
+	}
+	return out, nil
+}
+
 // restoreFromBackend builds a throwaway metastore of version uid from the
 // data backend and runs fn with it and a reading block store.
 func restoreFromBackend(ctx context.Context, e *env, uid string, fn func(*metastore.DB, *blockstore.Store) error) error {

@@ -779,6 +779,14 @@ func TestE2EMetaRestoreFromBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 			s.fail(66, "restore", v1.UID, b.path("plain.img"))
+			// What the backend holds, without a metastore.
+			listed := e2eDecode[[]e2eVersion](t, s.ok("ls", "--from-backend", "--json"))
+			if len(listed) != 2 || listed[0].UID != v1.UID || listed[1].UID != v2.UID || listed[0].Labels["x"] != "y" {
+				t.Errorf("ls --from-backend = %+v, want %s (labelled x=y) and %s", listed, v1.UID, v2.UID)
+			}
+			if other := e2eDecode[[]e2eVersion](t, s.ok("ls", "--from-backend", "--json", "no-such-volume")); len(other) != 0 {
+				t.Errorf("ls --from-backend of another volume lists %+v", other)
+			}
 			for _, c := range []struct {
 				uid, img string
 			}{{v1.UID, img1}, {v2.UID, img2}} {

@@ -24,7 +24,6 @@
 package catalog
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -35,6 +34,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
@@ -623,4 +624,80 @@ func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection,
 // Equal reports whether two refs name the same snapshot.
 func (r Ref) Equal(o Ref) bool { return r.UID == o.UID && r.Gen == o.Gen && r.Tag == o.Tag }
 
-var _ = bytes.Equal
+// Peek reads the version object at the start of snapshot r, without
+// reading (or verifying) the rest of the stream: for listing what the
+// backend holds.
+func (c *Catalog) Peek(ctx context.Context, r Ref) (*metastore.Version, error) {
+	mr, err := manifest.NewReader(c.Open(ctx, r))
+	if err != nil {
+		return nil, err
+	}
+	v, err := mr.NextVersion()
+	if err == io.EOF {
+		return nil, fmt.Errorf("%w: snapshot %s holds no version", manifest.ErrInvalid, r.Dir())
+	}
+	if err != nil {
+		return nil, err
+	}
+	if v.UID != r.UID {
+		return nil, fmt.Errorf("%w: snapshot %s holds version %s", manifest.ErrInvalid, r.Dir(), v.UID)
+	}
+	return v, nil
+}
+
+// Versions returns the version object of every version the backend holds
+// metadata of (from its newest snapshot whose start reads; workers
+// fetch in parallel), sorted like metastore.Versions, and the uids whose
+// snapshots could not be read.
+func (c *Catalog) Versions(ctx context.Context, workers int) ([]*metastore.Version, []string, error) {
+	all, err := c.List(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	uids := make([]string, 0, len(all))
+	for uid := range all {
+		uids = append(uids, uid)
+	}
+	sort.Strings(uids)
+	out := make([]*metastore.Version, len(uids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, workers))
+	for i, uid := range uids {
+		g.Go(func() error {
+			for _, r := range all[uid] {
+				if !r.Contiguous {
+					continue
+				}
+				v, err := c.Peek(gctx, r)
+				if err == nil {
+					out[i] = v
+					return nil
+				}
+				if !usableFailure(err) {
+					return err
+				}
+				c.log.Warn("skipping an unreadable snapshot of version metadata", "snapshot", r.Dir(), "err", err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	var vs []*metastore.Version
+	var bad []string
+	for i, v := range out {
+		if v == nil {
+			bad = append(bad, uids[i])
+			continue
+		}
+		vs = append(vs, v)
+	}
+	sort.SliceStable(vs, func(i, j int) bool {
+		if !vs[i].Date.Equal(vs[j].Date) {
+			return vs[i].Date.Before(vs[j].Date)
+		}
+		return vs[i].UID < vs[j].UID
+	})
+	return vs, bad, nil
+}

@@ -403,14 +403,11 @@ func readIdentity(ctx context.Context, be backend.Backend) (blockstore.Identity,
 	return ident, sid, nil
 }
 
-// FromBackend builds, in the directory dir, a throwaway metastore holding
-// only version uid, from the newest readable snapshot in the backend:
-// enough to restore the version with no metastore at all. The caller
-// closes the returned DB and removes dir.
-func FromBackend(ctx context.Context, dir string, be backend.Backend, open OpenCatalog, uid string, log *slog.Logger) (*metastore.DB, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+// Scratch creates, in the directory dir, an empty metastore of the store
+// in be with the key registrations the backend keeps: enough to load keys
+// and read the version snapshots with no metastore at all. The caller
+// closes it and removes dir.
+func Scratch(ctx context.Context, dir string, be backend.Backend) (*metastore.DB, error) {
 	ident, sid, err := readIdentity(ctx, be)
 	if err != nil {
 		return nil, err
@@ -419,11 +416,26 @@ func FromBackend(ctx context.Context, dir string, be backend.Backend, open OpenC
 	if err != nil {
 		return nil, err
 	}
-	err = importKeyObjects(ctx, db, be)
-	var cat *catalog.Catalog
-	if err == nil {
-		cat, err = open(ctx, db)
+	if err := importKeyObjects(ctx, db, be); err != nil {
+		_ = db.Close()
+		return nil, err
 	}
+	return db, nil
+}
+
+// FromBackend builds, in the directory dir, a throwaway metastore holding
+// only version uid, from the newest readable snapshot in the backend:
+// enough to restore the version with no metastore at all. The caller
+// closes the returned DB and removes dir.
+func FromBackend(ctx context.Context, dir string, be backend.Backend, open OpenCatalog, uid string, log *slog.Logger) (*metastore.DB, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	db, err := Scratch(ctx, dir, be)
+	if err != nil {
+		return nil, err
+	}
+	cat, err := open(ctx, db)
 	var refs []catalog.Ref
 	if err == nil {
 		refs, err = cat.ListVersion(ctx, uid)

@@ -130,10 +130,18 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	}
 	path := b.path(name)
 	dir := filepath.Dir(path)
-	if err := b.ensureDir(dir); err != nil {
-		return opErr("put", name, err)
+	var f *os.File
+	for attempt := 0; ; attempt++ {
+		if err := b.ensureDir(dir); err != nil {
+			return opErr("put", name, err)
+		}
+		f, err = b.ops.createTemp(dir)
+		// A concurrent Delete may have pruned the directory (empty)
+		// between the two: make it again.
+		if err == nil || !errors.Is(err, fs.ErrNotExist) || attempt == 3 {
+			break
+		}
 	}
-	f, err := b.ops.createTemp(dir)
 	if err != nil {
 		return opErr("put", name, err)
 	}
@@ -331,7 +339,23 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	if err := b.ops.syncDir(filepath.Dir(path)); err != nil {
 		return opErr("delete", name, err)
 	}
+	b.prune(name)
 	return nil
+}
+
+// prune removes the directories of name that its deletion left empty,
+// below the first path element (versions/<uid>/<snapshot>/ once its last
+// chunk is gone). The fixed shards of blocks/ stay. A directory another
+// Put is about to use may go: Put makes it again.
+func (b *Backend) prune(name string) {
+	if strings.HasPrefix(name, "blocks/") {
+		return
+	}
+	for dir := filepath.Dir(name); strings.Contains(dir, "/"); dir = filepath.Dir(dir) {
+		if err := os.Remove(filepath.Join(b.root, filepath.FromSlash(dir))); err != nil {
+			return // not empty (or gone): stop
+		}
+	}
 }
 
 // List calls fn for every object whose name starts with prefix. It walks

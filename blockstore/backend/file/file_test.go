@@ -496,3 +496,53 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// TestDeletePrunesEmptyDirectories: deleting the last object of a
+// directory below the top level removes the directories it leaves empty
+// (snapshots under versions/ would otherwise leave one per rewrite); the
+// shards of blocks/ stay, and a Put into a pruned directory works.
+func TestDeletePrunesEmptyDirectories(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	b, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"versions/v1/s1/00000000", "versions/v1/s1/00000001", "versions/v1/s2/00000000", "blocks/ab/ab01"} {
+		if err := b.Put(ctx, n, []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exists := func(rel string) bool {
+		_, err := os.Stat(filepath.Join(root, rel))
+		return err == nil
+	}
+	steps := []struct {
+		del  string
+		gone []string
+		kept []string
+	}{
+		{"versions/v1/s1/00000000", nil, []string{"versions/v1/s1"}},
+		{"versions/v1/s1/00000001", []string{"versions/v1/s1"}, []string{"versions/v1"}},
+		{"versions/v1/s2/00000000", []string{"versions/v1"}, []string{"versions"}},
+		{"blocks/ab/ab01", nil, []string{"blocks/ab"}},
+	}
+	for _, s := range steps {
+		if err := b.Delete(ctx, s.del); err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range s.gone {
+			if exists(g) {
+				t.Errorf("after deleting %s, %s still exists", s.del, g)
+			}
+		}
+		for _, k := range s.kept {
+			if !exists(k) {
+				t.Errorf("after deleting %s, %s is gone", s.del, k)
+			}
+		}
+	}
+	if err := b.Put(ctx, "versions/v1/s3/00000000", []byte("again")); err != nil {
+		t.Fatalf("Put into a pruned directory: %v", err)
+	}
+}
