@@ -302,7 +302,9 @@ type Written struct {
 // Write writes a snapshot of version uid, records it in db and deletes
 // the version's older snapshots. It locks the version shared, so it
 // fails with metastore.ErrLocked while the version is written or removed.
-// An incomplete version, or one being removed, is skipped (nil, nil).
+// An incomplete version, or one being removed, is skipped (nil, nil), and
+// so is a snapshot that another writer overtook (it recorded one at least
+// as new meanwhile; this one is deleted again).
 func (c *Catalog) Write(ctx context.Context, db *metastore.DB, uid string) (*Written, error) {
 	lk, err := db.LockVersion(uid, metastore.Shared)
 	if err != nil {
@@ -347,8 +349,17 @@ func (c *Catalog) Write(ctx context.Context, db *metastore.DB, uid string) (*Wri
 		c.deleteDir(ctx, dir, cw.seq+1)
 		return nil, fmt.Errorf("writing the metadata of version %s to the backend: %w", uid, err)
 	}
-	if _, err := db.SetSnapshot(uid, gen, tag); err != nil {
+	recorded, err := db.SetSnapshot(uid, gen, tag)
+	if err != nil {
 		return nil, err
+	}
+	if !recorded {
+		// Another writer (a concurrent Sync, holding the version shared
+		// too) recorded a snapshot at least as new meanwhile: this one
+		// is redundant, and must not delete that one.
+		c.deleteDir(ctx, dir, cw.seq)
+		c.log.Debug("a newer snapshot of the version was recorded meanwhile; dropped this one", "version", uid, "gen", gen)
+		return nil, nil
 	}
 	c.log.Debug("wrote version metadata", "version", uid, "gen", gen, "chunks", cw.seq, "bytes", mw.Written())
 	w := &Written{Ref: Ref{UID: uid, Gen: gen, Tag: tag, Chunks: cw.seq, Contiguous: true}, StreamBytes: mw.Written()}
@@ -599,9 +610,13 @@ func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection,
 			}
 			refs = newer
 		}
+		// The names of this version's snapshots are kept apart until it
+		// is known whether any reads: an unreadable one is read in part
+		// before it fails.
+		names := map[block.Name]struct{}{}
 		collect := func(_ *metastore.Version, pg manifest.Page) error {
 			for _, r := range pg.Records {
-				p.Names[r.Name] = struct{}{}
+				names[r.Name] = struct{}{}
 			}
 			return nil
 		}
@@ -609,6 +624,9 @@ func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection,
 		switch {
 		case err == nil:
 			p.Versions = append(p.Versions, uid)
+			for n := range names {
+				p.Names[n] = struct{}{}
+			}
 		case errors.Is(err, ErrNoSnapshot) && inDB[uid]:
 			// Incomplete leftovers of a killed writer of a version this
 			// metastore knows: nothing to protect.

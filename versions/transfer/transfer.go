@@ -292,6 +292,9 @@ func validate(ctx context.Context, db *metastore.DB, open func() (io.ReadCloser,
 	}
 	res := &ImportResult{}
 	missing := &MissingError{}
+	// A block several pages or versions name is checked each time; it
+	// counts as one missing object.
+	seen := map[block.Name]bool{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Workers)
@@ -305,6 +308,10 @@ func validate(ctx context.Context, db *metastore.DB, open func() (io.ReadCloser,
 				switch {
 				case err == nil:
 				case errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt):
+					if seen[r.Name] {
+						return nil
+					}
+					seen[r.Name] = true
 					missing.Count++
 					if len(missing.Samples) < 5 {
 						missing.Samples = append(missing.Samples, r.Name.String())

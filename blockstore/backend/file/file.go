@@ -212,7 +212,9 @@ func (b *Backend) Sync(ctx context.Context) error {
 		// the others); what fails stays pending for the next call.
 		err := ctx.Err()
 		if err == nil {
-			if err = b.ops.syncDir(dir); err == nil {
+			// A directory gone meanwhile was pruned by Delete: every
+			// object written into it was deleted, nothing to make durable.
+			if err = b.ops.syncDir(dir); err == nil || errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
 			err = fmt.Errorf("file backend: sync %s: %w", dir, classify(err))
