@@ -30,6 +30,8 @@ type Config struct {
 	// from the encryption_* keys of [DEFAULTS] and the [Encryption<N>]
 	// sections.
 	Encryption Encryption
+	// NBD holds the keys of the [NBD] section, the settings of backy nbd.
+	NBD NBD
 	// Warnings are one-line messages about problems that do not make the
 	// file invalid, such as a key file readable by other users, for the
 	// caller to log. Nil if there are none.
@@ -122,6 +124,7 @@ func defaults() *Config {
 			SimultaneousWrites: defaultSimultaneousWrites,
 			SimultaneousReads:  defaultSimultaneousReads,
 		},
+		NBD: NBD{Listen: defaultNBDListen, TLS: TLSOff},
 	}
 }
 

@@ -64,6 +64,7 @@ func TestParseExample(t *testing.T) {
 		},
 		Meta: Meta{Type: "bbolt", Path: filepath.Clean("/var/lib/backy/backy.db")},
 		Data: Data{Type: "file", Path: filepath.Clean("/var/lib/backy/data"), SimultaneousWrites: 4, SimultaneousReads: 4},
+		NBD:  NBD{Listen: "127.0.0.1:10809", TLS: "off"},
 	}
 	if !reflect.DeepEqual(c, w) {
 		t.Errorf("example parsed to\n%+v\nwant\n%+v", c, w)
@@ -71,7 +72,8 @@ func TestParseExample(t *testing.T) {
 	// The example documents (and sets) every key, in its section; the
 	// encryption keys other than encryption_version are documented
 	// commented out, since setting them needs a key, and so are the keys
-	// of [DataBackend] type = s3, since the example uses type = file.
+	// of [DataBackend] type = s3, since the example uses type = file, and
+	// the TLS keys of [NBD], since they need a certificate.
 	text := string(data)
 	for _, sec := range sectionOrder {
 		start := strings.Index(text, "\n["+sec+"]\n")
@@ -84,7 +86,7 @@ func TestParseExample(t *testing.T) {
 		}
 		for _, kd := range keys[sec] {
 			prefix := ""
-			if strings.HasPrefix(kd.name, "encryption_") && kd.name != "encryption_version" || sec == sectionData && isS3Key(kd.name) {
+			if strings.HasPrefix(kd.name, "encryption_") && kd.name != "encryption_version" || sec == sectionData && isS3Key(kd.name) || sec == sectionNBD && kd.name != "listen" {
 				prefix = "# "
 			}
 			re := regexp.MustCompile(`(?m)^` + prefix + kd.name + ` = `)
@@ -459,6 +461,7 @@ func TestDefault(t *testing.T) {
 		Defaults: Defaults{BlockSize: 4 << 20, LogLevel: "info", Compression: "none", CompressionLevel: 1, Timezone: "UTC"},
 		Meta:     Meta{Type: "bbolt", Path: filepath.Join(dir, "backy.db")},
 		Data:     Data{Type: "file", Path: filepath.Join(dir, "data"), SimultaneousWrites: 4, SimultaneousReads: 4},
+		NBD:      NBD{Listen: "127.0.0.1:10809", TLS: "off"},
 	}
 	if !reflect.DeepEqual(c, w) {
 		t.Errorf("got %+v, want %+v", c, w)

@@ -19,7 +19,7 @@
 //
 // Syntax rules:
 //
-//   - Only the sections [DEFAULTS], [MetaBackend], [DataBackend] and
+//   - Only the sections [DEFAULTS], [MetaBackend], [DataBackend], [NBD] and
 //     [Encryption1] to [Encryption65535] exist (an encryption section is
 //     "Encryption" followed by a decimal version from 1 to 65535 without
 //     leading zeros); section names are case-sensitive and each may appear
@@ -84,6 +84,28 @@
 // appear in messages (nor in the String of [S3]); a secret file readable
 // by group or others, and (in [Load]) a secret written inline in a file
 // readable by group or others, give a warning.
+//
+// # NBD server
+//
+// [NBD] holds the settings of backy nbd, the result being [Config].NBD
+// ([NBD]); every key is optional:
+//
+//	listen = <host:port>               port 1..65535; default 127.0.0.1:10809
+//	tls_cert = <path>                  PEM certificate chain, the server's first; together with tls_key
+//	tls_key = <path>                   PEM private key of the certificate, unencrypted
+//	tls = off|optional|required        default off without tls_cert, optional with it, required with tls_client_ca
+//	tls_client_ca = <path>             PEM CA certificates; clients must present a certificate they signed
+//
+// The files are read while parsing (at most 1 MiB each): tls_cert must
+// hold at least one certificate, tls_key a private key that is not
+// encrypted, the two must make a key pair as [crypto/tls.X509KeyPair]
+// (and so [crypto/tls.LoadX509KeyPair]) checks, and tls_client_ca must
+// hold nothing but PEM certificates, at least one. tls = optional or
+// required needs tls_cert; tls_client_ca needs tls_cert and tls =
+// required (with optional, clients could skip TLS and so the certificate
+// check). A tls_key file readable by group or others, and a certificate
+// that has expired, give a warning. [NBD.TLSConfig] makes the server's
+// [crypto/tls.Config] from the files.
 //
 // # Encryption
 //

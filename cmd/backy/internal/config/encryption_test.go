@@ -480,6 +480,7 @@ passphrase_file = keys/passphrase-1
 				{Version: 3, Cipher: "xchacha20-poly1305", Key: unhex(t, hexKey3), Origin: "encryption_key_file " + k3},
 			},
 		},
+		NBD: NBD{Listen: "127.0.0.1:10809", TLS: "off"},
 	}
 	if !reflect.DeepEqual(c, w) {
 		t.Errorf("got\n%#v\nwant\n%#v", c, w)

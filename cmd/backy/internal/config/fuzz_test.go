@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -53,6 +54,18 @@ func checkValid(t *testing.T, c *Config) {
 	if c.Meta.Path == "" {
 		t.Error("empty Meta.Path")
 	}
+	n := c.NBD
+	if l, msg := parseListen(n.Listen); msg != "" || l != n.Listen {
+		t.Errorf("invalid NBD.Listen %q", n.Listen)
+	}
+	switch n.TLS {
+	case "off", "optional", "required":
+	default:
+		t.Errorf("invalid NBD.TLS %q", n.TLS)
+	}
+	if (n.TLSCert == "") != (n.TLSKey == "") || n.TLS != "off" && n.TLSCert == "" || n.TLSClientCA != "" && (n.TLS != "required" || n.TLSCert == "") {
+		t.Errorf("invalid NBD TLS settings: %+v", n)
+	}
 	e := c.Encryption
 	last := 0
 	for _, k := range e.Keys {
@@ -90,12 +103,23 @@ func checkValid(t *testing.T, c *Config) {
 	}
 }
 
-// fuzzSecretFiles stands in for the key and passphrase files while
-// fuzzing, by base name: key* is a key file, wkey* one readable by others,
+// fuzzNBDFiles is nbdFilesByBase, made once.
+var fuzzNBDFiles = sync.OnceValue(nbdFilesByBase)
+
+// fuzzSecretFiles stands in for the key, passphrase and PEM files while
+// fuzzing, by base name: the files of nbdFilesByBase are PEM files (e.g.
+// nbd.crt, nbd.key), key* is a key file, wkey* one readable by others,
 // pass* a passphrase file, bad* a file that is neither, anything else does
 // not exist.
 func fuzzSecretFiles(path string, limit int64) ([]byte, fs.FileMode, error) {
 	base := filepath.Base(path)
+	if f, ok := fuzzNBDFiles()[base]; ok {
+		data := []byte(f.data)
+		if int64(len(data)) > limit+1 {
+			data = data[:limit+1]
+		}
+		return data, f.mode, nil
+	}
 	switch {
 	case strings.HasPrefix(base, "key"):
 		return []byte(hexKey1 + "\n"), 0o600, nil
@@ -177,6 +201,11 @@ func checkParsed(t *testing.T, c *Config) {
 	if c.Defaults.LogFile != "" {
 		paths = append(paths, c.Defaults.LogFile)
 	}
+	for _, p := range []string{c.NBD.TLSCert, c.NBD.TLSKey, c.NBD.TLSClientCA} {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
 	for _, p := range paths {
 		if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.IndexByte(p, 0) >= 0 {
 			t.Errorf("path %q is not absolute and clean", p)
@@ -206,6 +235,12 @@ func FuzzParse(f *testing.F) {
 	for _, tt := range s3ErrorTests {
 		f.Add(tt.in)
 	}
+	for _, tt := range nbdValidTests {
+		f.Add(nbdInput(tt.in))
+	}
+	for _, tt := range nbdErrorTests {
+		f.Add(tt.in)
+	}
 	for _, in := range []string{
 		"[DEFAULTS]\nencryption_version = 3\nencryption_cipher = xchacha20-poly1305\nencryption_key_file = /k/key3\n[Encryption1]\npassphrase = p1\n[Encryption2]\ncipher = aes-256-gcm\nkey = " + hexKey2 + "\n",
 		"[DEFAULTS]\nencryption_version = 1\nencryption_passphrase_file = pass\n[Encryption2]\nkey_file = ~/wkey\n",
@@ -228,6 +263,16 @@ func FuzzParse(f *testing.F) {
 		"[DataBackend]\npath = /d\nbucket = backy\n",
 	} {
 		f.Add("[MetaBackend]\npath = /m/backy.db\n" + in)
+	}
+	for _, in := range []string{
+		"listen = [::1]:10809\ntls_cert = tls/nbd-chain.crt\ntls_key = nbd-0640.key\ntls_client_ca = clients2.pem\n",
+		"tls_cert = nbd-bundle.pem\ntls_key = nbd-bundle.pem\ntls = off\n",
+		"tls = required\ntls_key = ~/nbd.key\ntls_cert = ~/nbd.crt\n",
+		"tls_cert = expired.crt\ntls_key = expired.key\nlisten = backup.example.com:010809\n",
+		"tls_cert = nbd.crt\ntls_key = other.key\n",
+		"tls_cert = nbd.crt\ntls_key = nbd-0644.key\ntls_client_ca = clients-key.pem\n",
+	} {
+		f.Add(nbdInput(in))
 	}
 	old := readSecretFile
 	readSecretFile = fuzzSecretFiles

@@ -16,12 +16,13 @@ const (
 	sectionDefaults = "DEFAULTS"
 	sectionMeta     = "MetaBackend"
 	sectionData     = "DataBackend"
+	sectionNBD      = "NBD"
 )
 
 // sectionOrder lists the sections with a fixed name in the order used in
 // messages. The [Encryption<N>] sections (see encryptionSectionVersion) come
 // after them.
-var sectionOrder = []string{sectionDefaults, sectionMeta, sectionData}
+var sectionOrder = []string{sectionDefaults, sectionMeta, sectionData, sectionNBD}
 
 // keyDef describes one key: its lower-case name, whether it must be
 // present, what it means (used in "missing" messages) and how to store a
@@ -129,6 +130,7 @@ var keys = map[string][]keyDef{
 			return msg
 		}},
 	}, s3Keys...),
+	sectionNBD: nbdKeys,
 }
 
 // keysOf returns the known keys of section, nil for an unknown section.
@@ -188,6 +190,8 @@ type parser struct {
 	defMat       *material     // key material in [DEFAULTS]
 	defCipher    string        // [DEFAULTS] encryption_cipher if set
 	inlineSecret keyRef        // the first key with a secret value, if any
+
+	nbdCertPEM, nbdKeyPEM []byte // the files of [NBD] tls_cert and tls_key
 }
 
 // keyRef names one setting of the file.
@@ -295,6 +299,9 @@ func (p *parser) parse(text string) error {
 		}
 	}
 	if err := p.finishData(); err != nil {
+		return err
+	}
+	if err := p.finishNBD(); err != nil {
 		return err
 	}
 	return p.finishEncryption()
