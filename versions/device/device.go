@@ -163,6 +163,11 @@ func Open(ctx context.Context, db *metastore.DB, st BlockStore, uid string, o Op
 		// leaves nothing behind.
 		_ = os.Remove(f.Name())
 		d.overlay = f
+		// As large as the device, all hole: a punched block past the
+		// last write reads as zeros, not as the end of the file.
+		if err := f.Truncate(d.v.Size); err != nil {
+			return nil, fmt.Errorf("sizing the copy-on-write overlay: %w", err)
+		}
 		d.dirty = make([]uint64, (d.n+63)/64)
 	}
 	ok = true
