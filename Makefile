@@ -60,6 +60,8 @@ fuzz:
 	$(GO) test ./versions/retention -run '^$$' -fuzz FuzzParseRules -fuzztime $(FUZZTIME)
 	$(GO) test ./versions/manifest -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
 	$(GO) test ./versions/transfer -run '^$$' -fuzz FuzzImport -fuzztime $(FUZZTIME)
+	$(GO) test ./versions/nbd -run '^$$' -fuzz FuzzRequests -fuzztime $(FUZZTIME)
+	$(GO) test ./versions/nbd -run '^$$' -fuzz FuzzOptions -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin

@@ -34,6 +34,7 @@ func main() {
 	asJSON := flag.Bool("json", false, "print a JSON object instead of the table")
 	skipExt4 := flag.Bool("skip-ext4", false, "skip the ext4 image figures")
 	skipS3 := flag.Bool("skip-s3", false, "skip the S3 figures (a local versitygw, built on first use)")
+	skipNBD := flag.Bool("skip-nbd", false, "skip the NBD figure (nbdcopy from libnbd-bin through backy nbd)")
 	keep := flag.Bool("keep", false, "keep the work directory")
 	flag.Parse()
 	if *backy == "" || flag.NArg() > 0 || *runs < 1 || *size < blockSize || *size%blockSize != 0 {
@@ -43,14 +44,14 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *backy, *dir, *size, *runs, *asJSON, *skipExt4, *skipS3, *keep); err != nil {
+	if err := run(ctx, *backy, *dir, *size, *runs, *asJSON, *skipExt4, *skipS3, *skipNBD, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "backy-bench: FAILED:", err)
 		stop()
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, backy, parent string, size int64, runs int, asJSON, skipExt4, skipS3, keep bool) error {
+func run(ctx context.Context, backy, parent string, size int64, runs int, asJSON, skipExt4, skipS3, skipNBD, keep bool) error {
 	path, err := exec.LookPath(backy)
 	if err == nil {
 		path, err = filepath.Abs(path)
@@ -65,7 +66,7 @@ func run(ctx context.Context, backy, parent string, size int64, runs int, asJSON
 	if err != nil {
 		return err
 	}
-	b := &bench{ctx: ctx, backy: path, dir: dir, size: size, runs: runs, start: time.Now()}
+	b := &bench{ctx: ctx, backy: path, dir: dir, size: size, runs: runs, start: time.Now(), nbd: !skipNBD}
 	if keep {
 		defer fmt.Fprintln(os.Stderr, "backy-bench: kept the work directory", dir)
 	} else {

@@ -28,6 +28,7 @@ type bench struct {
 	rep   *report
 	start time.Time
 	s3    *s3test.Server // the local S3 server, nil with -skip-s3
+	nbd   bool           // time nbdcopy through 'backy nbd' (not -skip-nbd)
 }
 
 // result is one finished command: wall time, peak RSS and stdout.
@@ -213,6 +214,10 @@ func (b *bench) random() error {
 	mig := b.rep.row("migrate-encryption random (none -> zstd + aes-256-gcm)", b.size)
 	mrs := b.rep.row("restore random, after migrate-encryption", b.size)
 	ds := b.rep.row("deep-scrub random (--all: read + verify every block)", b.size)
+	var nc *row
+	if b.nbd {
+		nc = b.rep.row("nbdcopy random (backy nbd --read-only on 127.0.0.1)", b.size)
+	}
 	var s3bk, s3rs *row
 	if b.s3 != nil {
 		s3bk, s3rs = b.rep.row("backup random, S3 (versitygw on 127.0.0.1)", b.size), b.rep.row("restore random, S3 (versitygw on 127.0.0.1)", b.size)
@@ -244,6 +249,11 @@ func (b *bench) random() error {
 		}
 		if _, err := b.step(ds, func() (result, error) { return b.runBacky(store, "deep-scrub", "--all") }); err != nil {
 			return err
+		}
+		if nc != nil {
+			if err := b.nbdRound(nc, store, v.UID, out, sum); err != nil {
+				return err
+			}
 		}
 		// The same with compression and encryption on, in a new store.
 		encStore := b.path(fmt.Sprintf("store-random-enc-%d", i))
@@ -298,6 +308,10 @@ func (b *bench) random() error {
 	for _, r := range []*row{bk, re, rs, rss, ds, ebk, ers, mig, mrs} {
 		r.ratio("cp", cp)
 		r.ratio("cp+sync", cps)
+	}
+	if nc != nil {
+		nc.ratio("restore", rs)
+		nc.ratio("cp", cp)
 	}
 	ebk.ratio("plain backup", bk)
 	ers.ratio("plain restore", rs)

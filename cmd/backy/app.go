@@ -98,6 +98,7 @@ func newApp(e *env) *cli.App {
 			cmdExport(e),
 			cmdImport(e),
 			cmdRebuildMetastore(e),
+			cmdNBD(e),
 			cmdVersion(e),
 		},
 		CommandNotFound: func(c *cli.Context, name string) {
