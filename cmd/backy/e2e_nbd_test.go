@@ -4,11 +4,13 @@ package main
 // qemu-utils; see e2e_nbdtools_test.go). Identifiers start with e2eNBDServe.
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -273,4 +275,61 @@ func TestE2ENBDServeBadInput(t *testing.T) {
 		t.Errorf("the server died after a garbage client: %v", err)
 	}
 	e2eNBDServeStop(t, p)
+}
+
+// TestE2ENBDServeCtrlCCommits: Ctrl-C while a copy-on-write session is
+// open closes it, and its writes still become a new version before the
+// server exits.
+func TestE2ENBDServeCtrlCCommits(t *testing.T) {
+	e2eNBDTool(t, "qemu-io")
+	t.Parallel()
+	b := e2eNewBox(t)
+	img := b.path("disk.img")
+	e2eRandomFile(t, img, 5*e2eMiB, 51)
+	v := b.backup(img, "vm-5")
+	p, addr := e2eNBDServeStart(b)
+	// qemu-io writes, then keeps the connection open (sleep is in ms).
+	// stdbuf: qemu-io buffers its output when it is not a terminal.
+	cmd := exec.Command("stdbuf", append([]string{"-oL", "qemu-io"}, e2eNBDQemuIOArgs(false, e2eNBDURI(addr, v.UID), "write -P 0x5a 4096 8k", "sleep 60000")...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	// qemu-io says "wrote 8192/8192 bytes" once the server acknowledged.
+	wrote := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "wrote 8192/8192") {
+				wrote <- true
+				return
+			}
+		}
+		wrote <- false
+	}()
+	select {
+	case ok := <-wrote:
+		if !ok {
+			t.Fatal("qemu-io ended without writing")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("qemu-io did not write within 60 s")
+	}
+	r := e2eNBDServeStop(t, p)
+	vs := b.ls("vm-5")
+	if len(vs) != 2 || vs[1].Status != "valid" || vs[1].Labels["nbd-origin"] != v.UID {
+		t.Fatalf("after Ctrl-C with an open session: versions %+v, want the session's new version\n%v", vs, r)
+	}
+	if !strings.Contains(r.stdout, vs[1].UID) {
+		t.Errorf("the server should print the new version's uid:\n%v", r)
+	}
+	want := e2eReadFile(t, img)
+	copy(want[4096:], bytes.Repeat([]byte{0x5a}, 8*e2eKiB))
+	wantPath := b.path("want.img")
+	e2eWriteFile(t, wantPath, want)
+	b.restore(vs[1].UID, wantPath)
 }
