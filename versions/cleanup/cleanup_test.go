@@ -501,21 +501,24 @@ func TestOrphanSweepWaitsForWriters(t *testing.T) {
 		}
 		sdone <- res
 	}()
+	// The backup releases the writers lock just before Run returns, so
+	// the sweep may report first; but it must not finish while the backup
+	// still runs (the backup is slow: 30 ms a block).
 	var b out
+	var res *cleanup.Result
 	select {
-	case res := <-sdone:
+	case res = <-sdone:
 		select {
 		case b = <-bdone:
-			t.Fatalf("sweep finished (%+v) before the backup (%v)", res.Orphans, b.err)
-		default:
+		case <-time.After(100 * time.Millisecond):
 			t.Fatalf("sweep finished while the backup ran: %+v", res.Orphans)
 		}
 	case b = <-bdone:
+		res = <-sdone
 	}
 	if b.err != nil {
 		t.Fatal(b.err)
 	}
-	res := <-sdone
 	if res.Orphans.Objects != 0 {
 		t.Fatalf("sweep after the backup deleted %d objects", res.Orphans.Objects)
 	}
