@@ -132,12 +132,11 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	dir := filepath.Dir(path)
 	var f *os.File
 	for attempt := 0; ; attempt++ {
-		if err := b.ensureDir(dir); err != nil {
-			return opErr("put", name, err)
+		// A concurrent Delete may prune the directory (or a parent) while
+		// it is being made or before the temporary file is: make it again.
+		if err = b.ensureDir(dir); err == nil {
+			f, err = b.ops.createTemp(dir)
 		}
-		f, err = b.ops.createTemp(dir)
-		// A concurrent Delete may have pruned the directory (empty)
-		// between the two: make it again.
 		if err == nil || !errors.Is(err, fs.ErrNotExist) || attempt == 3 {
 			break
 		}
@@ -195,7 +194,12 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 		b.mu.Unlock()
 		return nil
 	}
-	return b.ops.syncDir(dir)
+	// Gone already: a concurrent Delete of the same name removed the
+	// object and pruned the directory; that Put was complete.
+	if err := b.ops.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // Sync makes durable every object whose Put returned before the call: it
