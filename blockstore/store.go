@@ -149,13 +149,7 @@ func (s *Store) Put(ctx context.Context, id block.ID, plain []byte) (block.Recor
 	}
 	buf := s.getBuf()
 	defer s.bufs.Put(buf)
-	scratch := s.getBuf()
-	defer s.bufs.Put(scratch)
-	o := object.SealOptions{Kind: object.KindBlock, Key: s.opts.Key, Rand: s.opts.Rand, Scratch: scratch}
-	if s.enc != nil {
-		o.Compressor = s.enc
-	}
-	obj, err := object.Seal((*buf)[:0], plain, id, o)
+	obj, err := s.seal(buf, plain, id, object.KindBlock)
 	if err != nil {
 		return block.Record{}, fmt.Errorf("sealing block %s: %w", id.Short(), err)
 	}
@@ -175,6 +169,18 @@ func (s *Store) Put(ctx context.Context, id block.ID, plain []byte) (block.Recor
 		EncVersion:  h.EncVersion,
 		Compression: h.Compression,
 	}, nil
+}
+
+// seal seals plain (authenticated as id) as an object of kind into *buf:
+// compressed when that helps, encrypted at the write encryption version.
+func (s *Store) seal(buf *[]byte, plain []byte, id block.ID, kind object.Kind) ([]byte, error) {
+	scratch := s.getBuf()
+	defer s.bufs.Put(scratch)
+	o := object.SealOptions{Kind: kind, Key: s.opts.Key, Rand: s.opts.Rand, Scratch: scratch}
+	if s.enc != nil {
+		o.Compressor = s.enc
+	}
+	return object.Seal((*buf)[:0], plain, id, o)
 }
 
 // Get reads the block rec describes into buf[:0] and returns it, verified:
@@ -268,13 +274,7 @@ func (s *Store) PutMeta(ctx context.Context, name string, plain []byte) error {
 	}
 	buf := s.getBuf()
 	defer s.bufs.Put(buf)
-	scratch := s.getBuf()
-	defer s.bufs.Put(scratch)
-	o := object.SealOptions{Kind: object.KindMeta, Key: s.opts.Key, Rand: s.opts.Rand, Scratch: scratch}
-	if s.enc != nil {
-		o.Compressor = s.enc
-	}
-	obj, err := object.Seal((*buf)[:0], plain, metaIdentity(name), o)
+	obj, err := s.seal(buf, plain, metaIdentity(name), object.KindMeta)
 	if err != nil {
 		return fmt.Errorf("sealing metadata object %s: %w", name, err)
 	}

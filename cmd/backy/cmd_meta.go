@@ -13,8 +13,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/blockstore"
-	"github.com/backy/backy/blockstore/backend"
-	"github.com/backy/backy/blockstore/keyring"
 	"github.com/backy/backy/cmd/backy/internal/ui"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
@@ -219,7 +217,7 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 				}
 			}()
 			open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
-				st, err := readStore(ctx, e, db, be)
+				st, err := keyedStore(ctx, e, db, be, 0)
 				if err != nil {
 					return nil, err
 				}
@@ -266,22 +264,6 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 	}
 }
 
-// readStore opens a block store over be that reads with the configured
-// keys, verified against db's registrations (registering nothing).
-func readStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend) (*blockstore.Store, error) {
-	sources, err := keySources(e.cfg)
-	if err != nil {
-		return nil, err
-	}
-	ring, err := keyring.Load(ctx, db, be, sources, 0, keyring.Options{Log: e.log})
-	if err != nil {
-		return nil, err
-	}
-	o := storeOptions(e.cfg)
-	o.Keys = ring
-	return blockstore.New(be, o)
-}
-
 // lsFromBackend lists the versions of volume (all when "") whose metadata
 // the data backend holds, reading the start of each one's newest snapshot.
 func lsFromBackend(ctx context.Context, e *env, volume string) ([]*metastore.Version, error) {
@@ -300,7 +282,7 @@ func lsFromBackend(ctx context.Context, e *env, volume string) ([]*metastore.Ver
 		return nil, err
 	}
 	defer db.Close()
-	st, err := readStore(ctx, e, db, be)
+	st, err := keyedStore(ctx, e, db, be, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +322,7 @@ func restoreFromBackend(ctx context.Context, e *env, uid string, fn func(*metast
 	defer os.RemoveAll(dir)
 	var st *blockstore.Store
 	open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
-		s, err := readStore(ctx, e, db, be)
+		s, err := keyedStore(ctx, e, db, be, 0)
 		if err != nil {
 			return nil, err
 		}

@@ -88,6 +88,9 @@ func cmdNBD(e *env) *cli.Command {
 			if serr := s.syncMeta(context.WithoutCancel(ctx)); serr != nil && err == nil {
 				err = serr
 			}
+			if len(ex.failed) > 0 && err == nil {
+				err = fmt.Errorf("%d copy-on-write session(s) lost their changes: %w", len(ex.failed), multiError(ex.failed))
+			}
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil && err == nil {
 				return nil
 			}
@@ -109,8 +112,11 @@ type nbdExports struct {
 	discard bool
 	cache   int64
 	commits sync.WaitGroup
-	// syncMu serialises the metadata writes of concurrent commits.
+	// syncMu serialises the metadata writes of concurrent commits and
+	// guards failed, the sessions whose changes could not be saved (the
+	// command exits non-zero for them).
 	syncMu sync.Mutex
+	failed []error
 }
 
 func (x *nbdExports) wait() { x.commits.Wait() }
@@ -163,13 +169,11 @@ func (x *nbdExports) List(ctx context.Context) ([]nbd.ExportInfo, error) {
 			latest[v.Volume] = v
 		}
 	}
-	for _, vol := range sortedKeys(latest) {
+	for _, vol := range slices.Sorted(maps.Keys(latest)) {
 		out = append(out, x.info(vol+"@latest", latest[vol]))
 	}
 	return out, nil
 }
-
-func sortedKeys(m map[string]*metastore.Version) []string { return slices.Sorted(maps.Keys(m)) }
 
 func (x *nbdExports) Info(ctx context.Context, name string) (nbd.ExportInfo, error) {
 	v, err := x.resolve(name)
@@ -294,6 +298,9 @@ func (n *nbdExport) commit(log *slog.Logger) error {
 	if err != nil {
 		log.Error("the nbd session's changes could not be made a new version", "err", err)
 		fmt.Fprintf(x.e.stderr, "backy: session on %s: its changes could not be saved: %v\n", n.name, err)
+		x.syncMu.Lock()
+		x.failed = append(x.failed, fmt.Errorf("session on %s: its changes could not be saved: %w", n.name, err))
+		x.syncMu.Unlock()
 		return err
 	}
 	log.Info("nbd session's changes saved as a new version", "new_version", nv.UID, "bytes_written", nv.BytesWritten)

@@ -5,8 +5,10 @@ import (
 	"fmt"
 
 	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/keyring"
 	"github.com/backy/backy/cmd/backy/internal/config"
+	"github.com/backy/backy/metastore"
 )
 
 // keySources turns the configured keys into keyring sources.
@@ -40,22 +42,28 @@ func (s *store) blocksAt(ctx context.Context, write uint16) (*blockstore.Store, 
 		}
 		return s.st, nil
 	}
-	cfg := s.e.cfg
-	sources, err := keySources(cfg)
-	if err != nil {
-		return nil, err
-	}
-	ring, err := keyring.Load(ctx, s.db, s.be, sources, write, keyring.Options{Log: s.e.log})
-	if err != nil {
-		return nil, err
-	}
-	o := storeOptions(cfg)
-	o.Key = ring.WriteKey()
-	o.Keys = ring
-	st, err := blockstore.New(s.be, o)
+	st, err := keyedStore(ctx, s.e, s.db, s.be, write)
 	if err != nil {
 		return nil, err
 	}
 	s.st = st
 	return st, nil
+}
+
+// keyedStore opens a block store over be with the configured keys,
+// verified against db's key registrations, sealing new objects at
+// encryption version write (0: reading only, nothing registered).
+func keyedStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend, write uint16) (*blockstore.Store, error) {
+	sources, err := keySources(e.cfg)
+	if err != nil {
+		return nil, err
+	}
+	ring, err := keyring.Load(ctx, db, be, sources, write, keyring.Options{Log: e.log})
+	if err != nil {
+		return nil, err
+	}
+	o := storeOptions(e.cfg)
+	o.Key = ring.WriteKey()
+	o.Keys = ring
+	return blockstore.New(be, o)
 }

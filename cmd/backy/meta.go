@@ -6,8 +6,6 @@ import (
 	"fmt"
 
 	"github.com/backy/backy/blockstore"
-	"github.com/backy/backy/blockstore/keyring"
-	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 )
 
@@ -35,30 +33,13 @@ func (s *store) catalog(ctx context.Context) (*catalog.Catalog, error) {
 		}
 	} else {
 		var err error
-		if st, err = openBlockStore(ctx, s.e, s.db, s, want); err != nil {
+		if st, err = keyedStore(ctx, s.e, s.db, s.be, want); err != nil {
 			return nil, err
 		}
 		s.extra = append(s.extra, st)
 	}
 	s.cat = catalog.New(st, "backy "+backyVersion(), s.e.log)
 	return s.cat, nil
-}
-
-// openBlockStore opens a block store over s.be with the configured keys
-// verified against db's registrations, sealing at write.
-func openBlockStore(ctx context.Context, e *env, db *metastore.DB, s *store, write uint16) (*blockstore.Store, error) {
-	sources, err := keySources(e.cfg)
-	if err != nil {
-		return nil, err
-	}
-	ring, err := keyring.Load(ctx, db, s.be, sources, write, keyring.Options{Log: e.log})
-	if err != nil {
-		return nil, err
-	}
-	o := storeOptions(e.cfg)
-	o.Key = ring.WriteKey()
-	o.Keys = ring
-	return blockstore.New(s.be, o)
 }
 
 // syncMeta writes the snapshot of every version whose copy in the data

@@ -524,7 +524,7 @@ func (c *Catalog) Latest(ctx context.Context, refs []Ref, reset func(), fn func(
 		if err == nil {
 			return v, mr, r, nil
 		}
-		if ctx.Err() != nil || !usableFailure(err) {
+		if ctx.Err() != nil || !Skippable(err) {
 			return nil, nil, r, err
 		}
 		c.log.Warn("skipping an unreadable snapshot of version metadata", "snapshot", r.Dir(), "err", err)
@@ -536,10 +536,10 @@ func (c *Catalog) Latest(ctx context.Context, refs []Ref, reset func(), fn func(
 	return nil, nil, Ref{}, fmt.Errorf("%w: %s: %w", ErrNoSnapshot, refs[0].UID, errors.Join(errs...))
 }
 
-// usableFailure reports whether a failed read of a snapshot may be skipped
+// Skippable reports whether a failed read of a snapshot may be skipped
 // for an older one: damage or an incomplete snapshot, but not a missing
 // key or an unreachable backend, which would fail the older ones too.
-func usableFailure(err error) bool {
+func Skippable(err error) bool {
 	return errors.Is(err, manifest.ErrInvalid) || errors.Is(err, blockstore.ErrCorrupt) || errors.Is(err, blockstore.ErrMissing)
 }
 
@@ -691,7 +691,7 @@ func (c *Catalog) Versions(ctx context.Context, workers int) ([]*metastore.Versi
 					out[i] = v
 					return nil
 				}
-				if !usableFailure(err) {
+				if !Skippable(err) {
 					return err
 				}
 				c.log.Warn("skipping an unreadable snapshot of version metadata", "snapshot", r.Dir(), "err", err)

@@ -274,7 +274,7 @@ func importLatest(ctx context.Context, db *metastore.DB, cat *catalog.Catalog, r
 			st.older = i > 0
 			return st, nil
 		}
-		if ctx.Err() != nil || !(errors.Is(err, manifest.ErrInvalid) || errors.Is(err, blockstore.ErrCorrupt) || errors.Is(err, blockstore.ErrMissing)) {
+		if ctx.Err() != nil || !catalog.Skippable(err) {
 			return st, err
 		}
 		log.Warn("skipping an unreadable snapshot of version metadata", "snapshot", ref.Dir(), "err", err)
