@@ -64,11 +64,19 @@ func cmdExport(e *env) *cli.Command {
 	}
 }
 
+// errOutputExists: export -o names a file that exists, without --force.
+var errOutputExists = errors.New("the output file exists")
+
 // exportFile writes the export under a temporary name beside path,
 // fsyncs it and renames it into place: a crash leaves no partial file.
+// Without force an existing file is never replaced, not even one that
+// appears while the export runs.
 func exportFile(ctx context.Context, db *metastore.DB, uids []string, path string, force bool) (*transfer.ExportResult, error) {
-	if _, err := os.Stat(path); err == nil && !force {
-		return nil, fmt.Errorf("%w: %s exists (use --force to replace it)", metastore.ErrExists, path)
+	exists := func() error {
+		return fmt.Errorf("%w: %s (use --force to replace it, or -o another file)", errOutputExists, path)
+	}
+	if _, err := os.Lstat(path); err == nil && !force {
+		return nil, exists()
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -82,8 +90,17 @@ func exportFile(ctx context.Context, db *metastore.DB, uids []string, path strin
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
+	switch {
+	case err != nil:
+	case force:
 		err = os.Rename(tmp, path)
+	default:
+		// No replace: a link fails if the name exists meanwhile.
+		if err = os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
+			err = exists()
+		} else if err == nil {
+			_ = os.Remove(tmp)
+		}
 	}
 	if err == nil {
 		err = syncDirOf(path)
