@@ -133,35 +133,32 @@ func cmdImport(e *env) *cli.Command {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-verify", Usage: "do not check that the objects the export names are in the data backend"},
 		},
-		Action: e.withStore(0, 1, "at most one FILE", func(c *cli.Context, s *store) error {
-			name := c.Args().First()
-			open, done, err := importSource(name, os.Stdin)
+		Action: func(c *cli.Context) error {
+			if err := args(c, 0, 1, "at most one FILE"); err != nil {
+				return err
+			}
+			ctx := c.Context
+			open, done, err := importSource(c.Args().First(), os.Stdin)
 			if err != nil {
 				return err
 			}
 			defer done()
-			// No orphan sweep may delete an object between the check
-			// and the commit.
-			wlk, err := s.db.LockWriter(func(err error) { e.log.Warn("waiting for the writers lock", "reason", err) })
+			verify := !c.Bool("no-verify")
+			res, adopted, err := e.importAdopting(ctx, open, verify)
 			if err != nil {
 				return err
 			}
-			defer wlk.Unlock()
-			o := transfer.ImportOptions{Workers: s.ioWorkers(), Logger: e.log}
-			if !c.Bool("no-verify") {
-				st, err := blockstore.New(s.be, blockstore.Options{})
-				if err != nil {
+			s, err := e.openStore(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if !adopted {
+				if res, err = e.importInto(ctx, s, open, verify); err != nil {
 					return err
 				}
-				defer st.Close()
-				o.Objects = st
 			}
-			res, err := transfer.Import(c.Context, s.db, open, o)
-			if err != nil {
-				return err
-			}
-			wlk.Unlock()
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(ctx)
 			if e.json {
 				if err := ui.JSON(e.stdout, res); err != nil {
 					return err
@@ -172,8 +169,76 @@ func cmdImport(e *env) *cli.Command {
 				}
 			}
 			return serr
-		}),
+		},
 	}
+}
+
+// importInto imports the stream open returns into the store s.
+func (e *env) importInto(ctx context.Context, s *store, open func() (io.ReadCloser, error), verify bool) (*transfer.ImportResult, error) {
+	// No orphan sweep may delete an object between the check and the
+	// commit.
+	wlk, err := s.db.LockWriter(func(err error) { e.log.Warn("waiting for the writers lock", "reason", err) })
+	if err != nil {
+		return nil, err
+	}
+	defer wlk.Unlock()
+	o := transfer.ImportOptions{Workers: s.ioWorkers(), Logger: e.log}
+	if verify {
+		st, err := blockstore.New(s.be, blockstore.Options{})
+		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		o.Objects = st
+	}
+	return transfer.Import(ctx, s.db, open, o)
+}
+
+// importAdopting imports into a new metastore of the store the data
+// backend holds when the configured metastore does not exist (backy2's
+// upgrade procedure: export every version, move the metastore away,
+// import the exports): the metastore is made with the store's identity
+// and key registrations and put in place only if the import succeeds.
+// adopted is false (and nothing done) when a metastore exists or the
+// backend holds no store: the caller imports as usual.
+func (e *env) importAdopting(ctx context.Context, open func() (io.ReadCloser, error), verify bool) (res *transfer.ImportResult, adopted bool, err error) {
+	path := e.cfg.Meta.Path
+	if _, err := os.Stat(path); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	be, err := newBackend(ctx, e.cfg, e.log, false)
+	if err != nil {
+		if errors.Is(err, errStoreMismatch) {
+			// No data directory either: no store to adopt.
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	defer be.Close()
+	lk, err := metastore.LockCreate(path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer lk.Unlock()
+	var sid [16]byte
+	err = transfer.Adopt(ctx, path, be, func(db *metastore.DB) error {
+		sid = db.StoreID()
+		// The backend is closed by the caller, not by this store.
+		s := &store{e: e, db: db, be: be}
+		var err error
+		res, err = e.importInto(ctx, s, open, verify)
+		return err
+	})
+	switch {
+	case err == nil:
+		fmt.Fprintf(e.stderr, "backy: the metastore %s did not exist: made it for the store %x in %s, with the imported versions\n", path, sid, dataLocation(e.cfg))
+		e.log.Info("created the metastore of the data backend's store with the imported versions", "metastore", path, "data", dataLocation(e.cfg), "versions", len(res.Versions))
+		return res, true, nil
+	case errors.Is(err, blockstore.ErrNoIdentity):
+		// The backend holds no store: the usual open says what to do.
+		return nil, false, nil
+	}
+	return nil, false, err
 }
 
 // importSource returns how to open the import's bytes (twice: once to
