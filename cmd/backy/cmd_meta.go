@@ -299,7 +299,7 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 				}
 			}()
 			open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
-				st, err := keyedStore(ctx, e, db, be, 0)
+				st, err := recoveringStore(ctx, e, db, be)
 				if err != nil {
 					return nil, err
 				}
@@ -364,7 +364,7 @@ func lsFromBackend(ctx context.Context, e *env, volume string) ([]*metastore.Ver
 		return nil, err
 	}
 	defer db.Close()
-	st, err := keyedStore(ctx, e, db, be, 0)
+	st, err := recoveringStore(ctx, e, db, be)
 	if err != nil {
 		return nil, err
 	}
@@ -404,7 +404,7 @@ func restoreFromBackend(ctx context.Context, e *env, uid string, fn func(*metast
 	defer os.RemoveAll(dir)
 	var st *blockstore.Store
 	open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
-		s, err := keyedStore(ctx, e, db, be, 0)
+		s, err := recoveringStore(ctx, e, db, be)
 		if err != nil {
 			return nil, err
 		}
