@@ -278,9 +278,13 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 			"records, reference counts). It is built under a temporary name, checked, and renamed into place;\n" +
 			"an existing metastore is kept as <metastore>.replaced-<time>. A metastore that opens and checks\n" +
 			"clean is refused without --force. No other backy command runs on the store meanwhile.\n" +
-			"Versions whose backup had not completed are not in the backend's metadata and are lost.",
+			"Every version the existing metastore has (damaged or not, as far as it reads) is compared: one\n" +
+			"the data backend cannot give back is taken from the old metastore when its metadata reads\n" +
+			"completely there; if that fails too, the versions are listed and nothing is changed (exit 66)\n" +
+			"unless --accept-loss. Versions whose backup had not completed are not in the backend's metadata.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "force", Usage: "rebuild even a metastore that checks clean (it is kept aside)"},
+			&cli.BoolFlag{Name: "accept-loss", Usage: "put the rebuilt metastore in place even if it lacks versions the old one has (listed; the old one is kept aside)"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := args(c, 0, 0, "no arguments"); err != nil {
@@ -307,35 +311,27 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 				return catalog.New(st, "backy "+backyVersion(), e.log), nil
 			}
 			prog := ui.NewProgress(os.Stderr, "rebuild-metastore")
-			res, err := transfer.Rebuild(ctx, e.cfg.Meta.Path, be, open, transfer.RebuildOptions{Force: c.Bool("force"), Logger: e.log})
+			res, err := transfer.Rebuild(ctx, e.cfg.Meta.Path, be, open, transfer.RebuildOptions{
+				Force: c.Bool("force"), AcceptLoss: c.Bool("accept-loss"), Salvager: newSalvager(), Logger: e.log})
 			prog.Done()
+			if errors.Is(err, transfer.ErrLoss) && res != nil {
+				// What would be lost, on stdout; the error says the rest.
+				if perr := e.printRebuild(res, false); perr != nil {
+					return perr
+				}
+			}
 			if err != nil {
 				return err
 			}
-			// Versions whose snapshots disagreed get fresh ones.
+			// Versions whose snapshots disagreed, or that came from the
+			// old metastore, get fresh ones.
 			s, err := e.openExisting(ctx)
 			if err != nil {
 				return fmt.Errorf("the metastore was rebuilt, but opening it failed: %w", err)
 			}
 			defer s.Close()
 			serr := s.syncMeta(ctx)
-			if e.json {
-				if err := ui.JSON(e.stdout, res); err != nil {
-					return err
-				}
-				return serr
-			}
-			rows := [][]string{
-				{"versions", fmt.Sprint(res.Versions)},
-				{"from an older snapshot", fmt.Sprint(res.OlderSnapshots)},
-				{"block references", fmt.Sprint(res.Blocks)},
-				{"block records read (all versions)", fmt.Sprint(res.Records)},
-				{"conflicting records", fmt.Sprint(res.Conflicts)},
-				{"unreadable versions", strings.Join(res.Unreadable, " ")},
-				{"old metastore kept as", res.KeptAside},
-				{"duration", fmt.Sprintf("%.2fs", res.DurationSeconds)},
-			}
-			if err := ui.Table(e.stdout, []string{"FIELD", "VALUE"}, rows); err != nil {
+			if err := e.printRebuild(res, true); err != nil {
 				return err
 			}
 			if len(res.Unreadable) > 0 && serr == nil {
@@ -344,6 +340,68 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 			return serr
 		},
 	}
+}
+
+// printRebuild prints the outcome of a rebuild (done: the new metastore
+// is in place; else it was refused for the versions it would lose).
+func (e *env) printRebuild(res *transfer.RebuildResult, done bool) error {
+	if e.json {
+		return ui.JSON(e.stdout, res)
+	}
+	none := func(s string) string {
+		if s == "" {
+			return "none"
+		}
+		return s
+	}
+	list := func(uids []string) string { return none(strings.Join(uids, " ")) }
+	old := "none (there was no metastore)"
+	switch {
+	case res.OldUnreadable != "":
+		old = "unreadable: " + res.OldUnreadable
+	case res.OldVersions >= 0:
+		old = fmt.Sprint(res.OldVersions)
+	}
+	kept := none(res.KeptAside)
+	if !done {
+		kept = "not replaced (nothing was changed)"
+	}
+	rows := [][]string{
+		{"versions", fmt.Sprint(res.Versions)},
+		{"from an older snapshot", fmt.Sprint(res.OlderSnapshots)},
+		{"taken from the old metastore", list(res.Recovered)},
+		{"block references", fmt.Sprint(res.Blocks)},
+		{"block records read (all versions)", fmt.Sprint(res.Records)},
+		{"conflicting records", fmt.Sprint(res.Conflicts)},
+		{"unreadable versions", list(res.Unreadable)},
+		{"versions in the old metastore", old},
+		{"old metastore problem", none(res.OldProblem)},
+		{"old metastore kept as", kept},
+		{"duration", fmt.Sprintf("%.2fs", res.DurationSeconds)},
+	}
+	if len(res.Lost) > 0 {
+		what := "versions lost (--accept-loss)"
+		if !done {
+			what = "versions that would be lost"
+		}
+		rows = append(rows[:7], append([][]string{{what, fmt.Sprint(len(res.Lost))}}, rows[7:]...)...)
+	}
+	if err := ui.Table(e.stdout, []string{"FIELD", "VALUE"}, rows); err != nil {
+		return err
+	}
+	if len(res.Lost) == 0 {
+		return nil
+	}
+	fmt.Fprintln(e.stdout)
+	lost := make([][]string, 0, len(res.Lost))
+	for _, l := range res.Lost {
+		date := ""
+		if !l.Date.IsZero() {
+			date = l.Date.UTC().Format("2006-01-02 15:04:05")
+		}
+		lost = append(lost, []string{l.UID, l.Volume, date, l.Status, l.Why})
+	}
+	return ui.Table(e.stdout, []string{"LOST VERSION", "VOLUME", "DATE (UTC)", "STATUS", "WHY"}, lost)
 }
 
 // lsFromBackend lists the versions of volume (all when "") whose metadata
