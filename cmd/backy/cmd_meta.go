@@ -129,7 +129,10 @@ func cmdImport(e *env) *cli.Command {
 		Description: "Reads an export ('backy export') of versions of this store (same data backend), validates\n" +
 			"all of it (format, checksum, store, keys, uids, and that every object it names is in the data\n" +
 			"backend with its size, unless --no-verify), then adds the versions in one transaction: all or\n" +
-			"nothing. Versions that exist already are refused. Nothing is ever queued for deletion.",
+			"nothing. Versions that exist already are refused. Nothing is ever queued for deletion.\n" +
+			"A block the metastore knows is imported with the metastore's record (so an export made before\n" +
+			"migrate-encryption imports after it). With no metastore at all, over a data backend that holds\n" +
+			"a store, the import makes that store's metastore (put in place only if the import succeeds).",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-verify", Usage: "do not check that the objects the export names are in the data backend"},
 		},

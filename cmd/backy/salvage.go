@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -35,7 +34,7 @@ func runSalvage(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	case len(args) >= 3 && args[0] == "export":
 		out, err = transfer.InProcess{}.Export(ctx, args[1], args[3:], args[2])
 	default:
-		err = errors.New("usage: backy " + salvageCommand + " survey PATH | export PATH DIR UID...")
+		err = fmt.Errorf("usage: backy %s survey PATH, or export PATH DIR UID (one or more)", salvageCommand)
 	}
 	if err == nil {
 		err = json.NewEncoder(stdout).Encode(out)
