@@ -250,9 +250,12 @@ func (im *Importer) CreateVersion(v *Version) error {
 // are added. A new record whose object is in the trash fails with
 // ErrTrashed; a block with no record at all fails with
 // *MissingBlocksError. It returns how many of recs named another object
-// than the existing record of their block.
+// than the existing record of their block. A valid version that gets a
+// block whose record is invalid (known damaged) becomes invalid, as
+// MarkInvalid makes every version using such a block.
 func (im *Importer) AppendPage(uid string, ids []block.ID, recs []block.Record) (conflicts int, err error) {
 	s := im.s
+	bad := false
 	for _, r := range recs {
 		if r.ID.IsSparse() {
 			continue
@@ -263,8 +266,10 @@ func (im *Importer) AppendPage(uid string, ids []block.ID, recs []block.Record) 
 			if cur.Name != r.Name {
 				conflicts++
 			}
+			bad = bad || cur.Invalid
 			continue
 		}
+		bad = bad || r.Invalid
 		if s.trash.Get(r.Name[:]) != nil {
 			return conflicts, fmt.Errorf("%w: object %s of block %s", ErrTrashed, r.Name, r.ID.Short())
 		}
@@ -296,7 +301,29 @@ func (im *Importer) AppendPage(uid string, ids []block.ID, recs []block.Record) 
 		return conflicts, e
 	}
 	next := append(append([]byte(nil), raw...), pid[:]...)
-	return conflicts, maps.Put([]byte(uid), next)
+	if err := maps.Put([]byte(uid), next); err != nil {
+		return conflicts, err
+	}
+	if bad {
+		return conflicts, im.invalidate(uid)
+	}
+	return conflicts, nil
+}
+
+// invalidate makes version uid invalid unless it is already (or is
+// incomplete: completing it decides).
+func (im *Importer) invalidate(uid string) error {
+	tx := im.s.tx
+	raw := tx.Bucket(bktVersions).Get([]byte(uid))
+	if raw == nil {
+		return fmt.Errorf("%w: %s", ErrVersionNotFound, uid)
+	}
+	v, err := decodeVersion([]byte(uid), raw)
+	if err != nil || v.Status != StatusValid {
+		return err
+	}
+	v.Status = StatusInvalid
+	return putVersion(tx, v)
 }
 
 // SetSnapshot records that version uid's snapshot (gen, tag) in the

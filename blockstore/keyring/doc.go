@@ -71,7 +71,11 @@
 //     wrapping ErrBadRegistration that names the version).
 //  2. For each Source, by version: if registered, verify it; else if the
 //     backend holds keys/<v>.json, verify it against that and adopt it into
-//     the Registry; else if it is the write version, register it (a
+//     the Registry; else, with Options.Recover (no metastore: the
+//     registration may be lost), if the store's objects at the version
+//     carry the configured raw key's cipher and key id, register it again
+//     and rewrite keys/<v>.json (a passphrase cannot be: its salt is gone;
+//     Key then says so); else if it is the write version, register it (a
 //     passphrase gets a fresh salt from Options.NewKDF); else ignore it.
 //  3. The write version must have a key (else an error wrapping
 //     object.ErrNoKey), and its backend copy must hold the registered

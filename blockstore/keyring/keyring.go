@@ -87,6 +87,14 @@ type Options struct {
 	// Log receives what Load did (registrations, adoptions, repairs); no
 	// logging when nil. Nothing secret is ever logged.
 	Log *slog.Logger
+	// Recover makes the registration of a configured version that
+	// neither the registry nor the backend has (keys/<N>.json lost with
+	// the metastore) again from the configured raw key, if the store's
+	// objects at that version carry its cipher and key id (a few object
+	// headers are read), and rewrites keys/<N>.json. For commands that
+	// work without a metastore (rebuild-metastore, ls and restore
+	// --from-backend); see recover.go.
+	Recover bool
 }
 
 // Ring holds the verified keys of the configured encryption versions. It is
@@ -95,6 +103,9 @@ type Ring struct {
 	write uint16
 	keys  map[uint16]*object.Key
 	regs  map[uint16]Registration
+	// missing says, per configured version whose registration is lost
+	// and cannot be recovered (a passphrase), what is missing.
+	missing map[uint16]string
 }
 
 var _ object.Keys = (*Ring)(nil)
@@ -108,6 +119,9 @@ func (r *Ring) Key(v uint16) (*object.Key, error) {
 	}
 	if v == 0 {
 		return nil, fmt.Errorf("%w: encryption version 0 is unencrypted and has no key", object.ErrNoKey)
+	}
+	if why, ok := r.missing[v]; ok {
+		return nil, fmt.Errorf("%w: %s", object.ErrNoKey, why)
 	}
 	if reg, ok := r.regs[v]; ok {
 		return nil, fmt.Errorf("%w: encryption version %d (%s, key id %x) is not configured: add an [Encryption%d] section with its key to the config",
@@ -224,7 +238,7 @@ func Load(ctx context.Context, reg Registry, be backend.Backend, sources []Sourc
 			return nil, err
 		}
 	}
-	return &Ring{write: write, keys: l.keys, regs: l.regs}, nil
+	return &Ring{write: write, keys: l.keys, regs: l.regs, missing: l.missing}, nil
 }
 
 type loader struct {
@@ -235,9 +249,17 @@ type loader struct {
 	raw  map[uint16][]byte
 	regs map[uint16]Registration
 	keys map[uint16]*object.Key
+	// For Options.Recover (recover.go): objects still to probe, headers
+	// read, and versions whose registration is lost for good.
+	candidates []string
+	headers    []probed
+	missing    map[uint16]string
 }
 
 func (l *loader) noWriteKey(v uint16) error {
+	if why, ok := l.missing[v]; ok {
+		return fmt.Errorf("%w: %s", object.ErrNoKey, why)
+	}
 	reg := ""
 	if r, ok := l.regs[v]; ok {
 		reg = fmt.Sprintf(" (the store registered %s, key id %x)", r.Cipher, r.KeyID)
@@ -387,6 +409,14 @@ func (l *loader) load(src Source, isWrite bool) (bool, error) {
 		return false, fmt.Errorf("encryption version %d: reading %s at %s: %w", v, name, loc, err)
 	}
 
+	if l.o.Recover {
+		// Registered nowhere: if the store's objects use the version,
+		// its registration was lost; make it again from the key.
+		found, err := l.recoverReg(src, &d)
+		if err != nil || found {
+			return found && l.keys[v] != nil, err
+		}
+	}
 	if !isWrite {
 		l.o.Log.Debug("ignoring the key of an encryption version the store does not use", "encryption_version", v, "origin", src.Origin)
 		return false, nil

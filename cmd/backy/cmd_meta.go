@@ -64,11 +64,19 @@ func cmdExport(e *env) *cli.Command {
 	}
 }
 
+// errOutputExists: export -o names a file that exists, without --force.
+var errOutputExists = errors.New("the output file exists")
+
 // exportFile writes the export under a temporary name beside path,
 // fsyncs it and renames it into place: a crash leaves no partial file.
+// Without force an existing file is never replaced, not even one that
+// appears while the export runs.
 func exportFile(ctx context.Context, db *metastore.DB, uids []string, path string, force bool) (*transfer.ExportResult, error) {
-	if _, err := os.Stat(path); err == nil && !force {
-		return nil, fmt.Errorf("%w: %s exists (use --force to replace it)", metastore.ErrExists, path)
+	exists := func() error {
+		return fmt.Errorf("%w: %s (use --force to replace it, or -o another file)", errOutputExists, path)
+	}
+	if _, err := os.Lstat(path); err == nil && !force {
+		return nil, exists()
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -82,8 +90,17 @@ func exportFile(ctx context.Context, db *metastore.DB, uids []string, path strin
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
+	switch {
+	case err != nil:
+	case force:
 		err = os.Rename(tmp, path)
+	default:
+		// No replace: a link fails if the name exists meanwhile.
+		if err = os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
+			err = exists()
+		} else if err == nil {
+			_ = os.Remove(tmp)
+		}
 	}
 	if err == nil {
 		err = syncDirOf(path)
@@ -112,39 +129,39 @@ func cmdImport(e *env) *cli.Command {
 		Description: "Reads an export ('backy export') of versions of this store (same data backend), validates\n" +
 			"all of it (format, checksum, store, keys, uids, and that every object it names is in the data\n" +
 			"backend with its size, unless --no-verify), then adds the versions in one transaction: all or\n" +
-			"nothing. Versions that exist already are refused. Nothing is ever queued for deletion.",
+			"nothing. Versions that exist already are refused. Nothing is ever queued for deletion.\n" +
+			"A block the metastore knows is imported with the metastore's record (so an export made before\n" +
+			"migrate-encryption imports after it). With no metastore at all, over a data backend that holds\n" +
+			"a store, the import makes that store's metastore (put in place only if the import succeeds).",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-verify", Usage: "do not check that the objects the export names are in the data backend"},
 		},
-		Action: e.withStore(0, 1, "at most one FILE", func(c *cli.Context, s *store) error {
-			name := c.Args().First()
-			open, done, err := importSource(name, os.Stdin)
+		Action: func(c *cli.Context) error {
+			if err := args(c, 0, 1, "at most one FILE"); err != nil {
+				return err
+			}
+			ctx := c.Context
+			open, done, err := importSource(c.Args().First(), os.Stdin)
 			if err != nil {
 				return err
 			}
 			defer done()
-			// No orphan sweep may delete an object between the check
-			// and the commit.
-			wlk, err := s.db.LockWriter(func(err error) { e.log.Warn("waiting for the writers lock", "reason", err) })
+			verify := !c.Bool("no-verify")
+			res, adopted, err := e.importAdopting(ctx, open, verify)
 			if err != nil {
 				return err
 			}
-			defer wlk.Unlock()
-			o := transfer.ImportOptions{Workers: s.ioWorkers(), Logger: e.log}
-			if !c.Bool("no-verify") {
-				st, err := blockstore.New(s.be, blockstore.Options{})
-				if err != nil {
+			s, err := e.openStore(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if !adopted {
+				if res, err = e.importInto(ctx, s, open, verify); err != nil {
 					return err
 				}
-				defer st.Close()
-				o.Objects = st
 			}
-			res, err := transfer.Import(c.Context, s.db, open, o)
-			if err != nil {
-				return err
-			}
-			wlk.Unlock()
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(ctx)
 			if e.json {
 				if err := ui.JSON(e.stdout, res); err != nil {
 					return err
@@ -155,8 +172,76 @@ func cmdImport(e *env) *cli.Command {
 				}
 			}
 			return serr
-		}),
+		},
 	}
+}
+
+// importInto imports the stream open returns into the store s.
+func (e *env) importInto(ctx context.Context, s *store, open func() (io.ReadCloser, error), verify bool) (*transfer.ImportResult, error) {
+	// No orphan sweep may delete an object between the check and the
+	// commit.
+	wlk, err := s.db.LockWriter(func(err error) { e.log.Warn("waiting for the writers lock", "reason", err) })
+	if err != nil {
+		return nil, err
+	}
+	defer wlk.Unlock()
+	o := transfer.ImportOptions{Workers: s.ioWorkers(), Logger: e.log}
+	if verify {
+		st, err := blockstore.New(s.be, blockstore.Options{})
+		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		o.Objects = st
+	}
+	return transfer.Import(ctx, s.db, open, o)
+}
+
+// importAdopting imports into a new metastore of the store the data
+// backend holds when the configured metastore does not exist (backy2's
+// upgrade procedure: export every version, move the metastore away,
+// import the exports): the metastore is made with the store's identity
+// and key registrations and put in place only if the import succeeds.
+// adopted is false (and nothing done) when a metastore exists or the
+// backend holds no store: the caller imports as usual.
+func (e *env) importAdopting(ctx context.Context, open func() (io.ReadCloser, error), verify bool) (res *transfer.ImportResult, adopted bool, err error) {
+	path := e.cfg.Meta.Path
+	if _, err := os.Stat(path); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	be, err := newBackend(ctx, e.cfg, e.log, false)
+	if err != nil {
+		if errors.Is(err, errStoreMismatch) {
+			// No data directory either: no store to adopt.
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	defer be.Close()
+	lk, err := metastore.LockCreate(path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer lk.Unlock()
+	var sid [16]byte
+	err = transfer.Adopt(ctx, path, be, func(db *metastore.DB) error {
+		sid = db.StoreID()
+		// The backend is closed by the caller, not by this store.
+		s := &store{e: e, db: db, be: be}
+		var err error
+		res, err = e.importInto(ctx, s, open, verify)
+		return err
+	})
+	switch {
+	case err == nil:
+		fmt.Fprintf(e.stderr, "backy: the metastore %s did not exist: made it for the store %x in %s, with the imported versions\n", path, sid, dataLocation(e.cfg))
+		e.log.Info("created the metastore of the data backend's store with the imported versions", "metastore", path, "data", dataLocation(e.cfg), "versions", len(res.Versions))
+		return res, true, nil
+	case errors.Is(err, blockstore.ErrNoIdentity):
+		// The backend holds no store: the usual open says what to do.
+		return nil, false, nil
+	}
+	return nil, false, err
 }
 
 // importSource returns how to open the import's bytes (twice: once to
@@ -196,9 +281,13 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 			"records, reference counts). It is built under a temporary name, checked, and renamed into place;\n" +
 			"an existing metastore is kept as <metastore>.replaced-<time>. A metastore that opens and checks\n" +
 			"clean is refused without --force. No other backy command runs on the store meanwhile.\n" +
-			"Versions whose backup had not completed are not in the backend's metadata and are lost.",
+			"Every version the existing metastore has (damaged or not, as far as it reads) is compared: one\n" +
+			"the data backend cannot give back is taken from the old metastore when its metadata reads\n" +
+			"completely there; if that fails too, the versions are listed and nothing is changed (exit 66)\n" +
+			"unless --accept-loss. Versions whose backup had not completed are not in the backend's metadata.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "force", Usage: "rebuild even a metastore that checks clean (it is kept aside)"},
+			&cli.BoolFlag{Name: "accept-loss", Usage: "put the rebuilt metastore in place even if it lacks versions the old one has (listed; the old one is kept aside)"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := args(c, 0, 0, "no arguments"); err != nil {
@@ -217,7 +306,7 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 				}
 			}()
 			open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
-				st, err := keyedStore(ctx, e, db, be, 0)
+				st, err := recoveringStore(ctx, e, db, be)
 				if err != nil {
 					return nil, err
 				}
@@ -225,35 +314,27 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 				return catalog.New(st, "backy "+backyVersion(), e.log), nil
 			}
 			prog := ui.NewProgress(os.Stderr, "rebuild-metastore")
-			res, err := transfer.Rebuild(ctx, e.cfg.Meta.Path, be, open, transfer.RebuildOptions{Force: c.Bool("force"), Logger: e.log})
+			res, err := transfer.Rebuild(ctx, e.cfg.Meta.Path, be, open, transfer.RebuildOptions{
+				Force: c.Bool("force"), AcceptLoss: c.Bool("accept-loss"), Salvager: newSalvager(), Logger: e.log})
 			prog.Done()
+			if errors.Is(err, transfer.ErrLoss) && res != nil {
+				// What would be lost, on stdout; the error says the rest.
+				if perr := e.printRebuild(res, false); perr != nil {
+					return perr
+				}
+			}
 			if err != nil {
 				return err
 			}
-			// Versions whose snapshots disagreed get fresh ones.
+			// Versions whose snapshots disagreed, or that came from the
+			// old metastore, get fresh ones.
 			s, err := e.openExisting(ctx)
 			if err != nil {
 				return fmt.Errorf("the metastore was rebuilt, but opening it failed: %w", err)
 			}
 			defer s.Close()
 			serr := s.syncMeta(ctx)
-			if e.json {
-				if err := ui.JSON(e.stdout, res); err != nil {
-					return err
-				}
-				return serr
-			}
-			rows := [][]string{
-				{"versions", fmt.Sprint(res.Versions)},
-				{"from an older snapshot", fmt.Sprint(res.OlderSnapshots)},
-				{"block references", fmt.Sprint(res.Blocks)},
-				{"block records read (all versions)", fmt.Sprint(res.Records)},
-				{"conflicting records", fmt.Sprint(res.Conflicts)},
-				{"unreadable versions", strings.Join(res.Unreadable, " ")},
-				{"old metastore kept as", res.KeptAside},
-				{"duration", fmt.Sprintf("%.2fs", res.DurationSeconds)},
-			}
-			if err := ui.Table(e.stdout, []string{"FIELD", "VALUE"}, rows); err != nil {
+			if err := e.printRebuild(res, true); err != nil {
 				return err
 			}
 			if len(res.Unreadable) > 0 && serr == nil {
@@ -262,6 +343,68 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 			return serr
 		},
 	}
+}
+
+// printRebuild prints the outcome of a rebuild (done: the new metastore
+// is in place; else it was refused for the versions it would lose).
+func (e *env) printRebuild(res *transfer.RebuildResult, done bool) error {
+	if e.json {
+		return ui.JSON(e.stdout, res)
+	}
+	none := func(s string) string {
+		if s == "" {
+			return "none"
+		}
+		return s
+	}
+	list := func(uids []string) string { return none(strings.Join(uids, " ")) }
+	old := "none (there was no metastore)"
+	switch {
+	case res.OldUnreadable != "":
+		old = "unreadable: " + res.OldUnreadable
+	case res.OldVersions >= 0:
+		old = fmt.Sprint(res.OldVersions)
+	}
+	kept := none(res.KeptAside)
+	if !done {
+		kept = "not replaced (nothing was changed)"
+	}
+	rows := [][]string{
+		{"versions", fmt.Sprint(res.Versions)},
+		{"from an older snapshot", fmt.Sprint(res.OlderSnapshots)},
+		{"taken from the old metastore", list(res.Recovered)},
+		{"block references", fmt.Sprint(res.Blocks)},
+		{"block records read (all versions)", fmt.Sprint(res.Records)},
+		{"conflicting records", fmt.Sprint(res.Conflicts)},
+		{"unreadable versions", list(res.Unreadable)},
+		{"versions in the old metastore", old},
+		{"old metastore problem", none(res.OldProblem)},
+		{"old metastore kept as", kept},
+		{"duration", fmt.Sprintf("%.2fs", res.DurationSeconds)},
+	}
+	if len(res.Lost) > 0 {
+		what := "versions lost (--accept-loss)"
+		if !done {
+			what = "versions that would be lost"
+		}
+		rows = append(rows[:7], append([][]string{{what, fmt.Sprint(len(res.Lost))}}, rows[7:]...)...)
+	}
+	if err := ui.Table(e.stdout, []string{"FIELD", "VALUE"}, rows); err != nil {
+		return err
+	}
+	if len(res.Lost) == 0 {
+		return nil
+	}
+	fmt.Fprintln(e.stdout)
+	lost := make([][]string, 0, len(res.Lost))
+	for _, l := range res.Lost {
+		date := ""
+		if !l.Date.IsZero() {
+			date = l.Date.UTC().Format("2006-01-02 15:04:05")
+		}
+		lost = append(lost, []string{l.UID, l.Volume, date, l.Status, l.Why})
+	}
+	return ui.Table(e.stdout, []string{"LOST VERSION", "VOLUME", "DATE (UTC)", "STATUS", "WHY"}, lost)
 }
 
 // lsFromBackend lists the versions of volume (all when "") whose metadata
@@ -282,7 +425,7 @@ func lsFromBackend(ctx context.Context, e *env, volume string) ([]*metastore.Ver
 		return nil, err
 	}
 	defer db.Close()
-	st, err := keyedStore(ctx, e, db, be, 0)
+	st, err := recoveringStore(ctx, e, db, be)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +465,7 @@ func restoreFromBackend(ctx context.Context, e *env, uid string, fn func(*metast
 	defer os.RemoveAll(dir)
 	var st *blockstore.Store
 	open := func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error) {
-		s, err := keyedStore(ctx, e, db, be, 0)
+		s, err := recoveringStore(ctx, e, db, be)
 		if err != nil {
 			return nil, err
 		}

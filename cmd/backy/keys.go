@@ -54,11 +54,23 @@ func (s *store) blocksAt(ctx context.Context, write uint16) (*blockstore.Store, 
 // verified against db's key registrations, sealing new objects at
 // encryption version write (0: reading only, nothing registered).
 func keyedStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend, write uint16) (*blockstore.Store, error) {
+	return keyedStoreWith(ctx, e, db, be, write, keyring.Options{Log: e.log})
+}
+
+// recoveringStore is keyedStore for reading a store with no metastore
+// (rebuild-metastore, ls and restore --from-backend): a configured key
+// whose registration keys/<N>.json is lost is registered again when the
+// store's objects carry its key id, and keys/<N>.json rewritten.
+func recoveringStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend) (*blockstore.Store, error) {
+	return keyedStoreWith(ctx, e, db, be, 0, keyring.Options{Log: e.log, Recover: true})
+}
+
+func keyedStoreWith(ctx context.Context, e *env, db *metastore.DB, be backend.Backend, write uint16, ko keyring.Options) (*blockstore.Store, error) {
 	sources, err := keySources(e.cfg)
 	if err != nil {
 		return nil, err
 	}
-	ring, err := keyring.Load(ctx, db, be, sources, write, keyring.Options{Log: e.log})
+	ring, err := keyring.Load(ctx, db, be, sources, write, ko)
 	if err != nil {
 		return nil, err
 	}

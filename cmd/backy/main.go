@@ -21,6 +21,10 @@ func main() {
 func run(args []string) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	if len(args) > 1 && args[1] == salvageCommand {
+		// rebuild-metastore reading the old metastore in a child.
+		return runSalvage(ctx, args[2:], os.Stdout, os.Stderr)
+	}
 	env := &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	app := newApp(env)
 	err := app.RunContext(ctx, interspersed(app, args))

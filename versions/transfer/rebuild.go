@@ -26,6 +26,10 @@ import (
 // clean, and was not forced.
 var ErrHealthy = errors.New("the metastore is healthy")
 
+// ErrLoss: the rebuilt metastore would lack versions the old metastore
+// has, and the loss was not accepted; nothing was changed.
+var ErrLoss = errors.New("rebuild-metastore would lose versions the old metastore has")
+
 // OpenCatalog opens the catalog of the backend once the (new) metastore
 // db holds the key registrations: the caller loads its keys against them.
 type OpenCatalog func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, error)
@@ -33,10 +37,28 @@ type OpenCatalog func(ctx context.Context, db *metastore.DB) (*catalog.Catalog, 
 // RebuildOptions configures Rebuild.
 type RebuildOptions struct {
 	// Force replaces a healthy metastore (it is kept aside all the same).
-	Force  bool
-	Logger *slog.Logger
+	Force bool
+	// AcceptLoss puts the rebuilt metastore in place even when it lacks
+	// versions the old one has (listed in RebuildResult.Lost); without
+	// it such a rebuild fails with ErrLoss and changes nothing.
+	AcceptLoss bool
+	// Salvager reads the old metastore (it may be damaged); InProcess
+	// when nil.
+	Salvager Salvager
+	Logger   *slog.Logger
 	// Now stamps the name the old metastore is kept under.
 	Now func() time.Time
+}
+
+// LostVersion is a version the old metastore has that the rebuild could
+// not bring back.
+type LostVersion struct {
+	UID    string    `json:"uid"`
+	Volume string    `json:"volume"`
+	Date   time.Time `json:"date"`
+	Status string    `json:"status"`
+	// Why says why neither the backend nor the old metastore gave it.
+	Why string `json:"why"`
 }
 
 // RebuildResult describes a rebuild.
@@ -53,9 +75,20 @@ type RebuildResult struct {
 	// objects (the newer snapshot's record was kept).
 	Conflicts int `json:"conflicts"`
 	// KeptAside is where the old metastore now is ("" when there was none).
-	KeptAside       string  `json:"kept_aside,omitempty"`
-	OldProblem      string  `json:"old_metastore_problem,omitempty"`
-	DurationSeconds float64 `json:"duration_seconds"`
+	KeptAside  string `json:"kept_aside,omitempty"`
+	OldProblem string `json:"old_metastore_problem,omitempty"`
+	// OldVersions counts the versions the old metastore has (-1: there
+	// was none, or it could not be read; OldUnreadable says why).
+	OldVersions   int    `json:"old_metastore_versions"`
+	OldUnreadable string `json:"old_metastore_unreadable,omitempty"`
+	// Recovered lists versions the backend could not give back (no
+	// snapshot, or none readable) that were taken from the old metastore;
+	// their metadata is written to the backend again right after.
+	Recovered []string `json:"recovered_from_old_metastore,omitempty"`
+	// Lost lists versions the old metastore has that are not in the new
+	// one (only with AcceptLoss is such a metastore put in place).
+	Lost            []LostVersion `json:"lost,omitempty"`
+	DurationSeconds float64       `json:"duration_seconds"`
 }
 
 // Rebuild recreates the metastore at dbPath from the data backend alone:
@@ -66,6 +99,16 @@ type RebuildResult struct {
 // checks clean is refused without o.Force. The store is locked
 // exclusively throughout, so no other backy command runs meanwhile. open
 // gives the catalog the snapshots are read through.
+//
+// An old metastore, damaged or not, is read (o.Salvager) and compared: a
+// version it has that the backend cannot give back (no snapshot, or none
+// readable) is taken from it when its metadata reads completely there
+// (RebuildResult.Recovered; it counts as changed, so the next sync writes
+// its snapshot again), and listed in RebuildResult.Lost otherwise. A
+// rebuild that would lose versions fails with ErrLoss, returning the
+// result, and changes nothing, unless o.AcceptLoss. Key registrations
+// missing from the backend are taken from the old metastore too, and
+// every registration the new metastore holds is written back to keys/.
 func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCatalog, o RebuildOptions) (*RebuildResult, error) {
 	start := time.Now()
 	if o.Logger == nil {
@@ -73,6 +116,9 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Salvager == nil {
+		o.Salvager = InProcess{}
 	}
 	ident, sid, err := readIdentity(ctx, be)
 	if err != nil {
@@ -86,7 +132,8 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 		return nil, err
 	}
 	defer lk.Unlock()
-	res := &RebuildResult{}
+	res := &RebuildResult{OldVersions: -1}
+	var old *Survey
 	if _, err := os.Stat(dbPath); err == nil {
 		problem, err := metastore.Inspect(dbPath, sid)
 		if err != nil {
@@ -97,7 +144,11 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 		}
 		if problem != nil {
 			res.OldProblem = problem.Error()
-			o.Logger.Warn("the metastore is damaged; rebuilding it from the backend", "metastore", dbPath, "problem", problem)
+			// Reported in the result; a log line too for the log file.
+			o.Logger.Info("the metastore is damaged; rebuilding it from the backend", "metastore", dbPath, "problem", problem)
+		}
+		if old, err = surveyOld(ctx, dbPath, ident.BlockSize, sid, o, res); err != nil {
+			return nil, err
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -115,12 +166,30 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 		_ = os.RemoveAll(metastore.LockDir(tmp))
 	}
 	err = importKeyObjects(ctx, db, be)
+	if err == nil && old != nil {
+		// A registration lost from the backend (keys/<N>.json) may
+		// still be in the old metastore: a passphrase needs it.
+		err = registerOldKeys(db, old, o.Logger)
+	}
 	var cat *catalog.Catalog
 	if err == nil {
 		cat, err = open(ctx, db)
 	}
 	if err == nil {
 		err = rebuildInto(ctx, db, cat, res, o.Logger)
+	}
+	if err == nil && old != nil {
+		err = compareOld(ctx, db, dbPath, old, o, res)
+	}
+	if err == nil && len(res.Lost) > 0 && !o.AcceptLoss {
+		cleanup()
+		res.DurationSeconds = time.Since(start).Seconds()
+		return res, lossError(dbPath, res.Lost)
+	}
+	if err == nil {
+		// Registrations that came from the snapshots or the old
+		// metastore go back to keys/ too.
+		err = writeKeyObjects(ctx, db, be, o.Logger)
 	}
 	if err != nil {
 		cleanup()

@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -129,16 +131,25 @@ type ImportResult struct {
 	Blocks         int64 `json:"blocks"`
 	Records        int64 `json:"records"`
 	ObjectsChecked int64 `json:"objects_checked"`
+	// RecordsResolved counts records of the stream that name another
+	// object than the metastore's record of their block (an export made
+	// before migrate-encryption): the metastore's record is used.
+	RecordsResolved int64 `json:"records_resolved"`
 }
 
-// MissingError lists objects an import found missing or damaged.
+// MissingError lists objects an import found missing or damaged that
+// the metastore has no record of their blocks to use instead.
 type MissingError struct {
 	Count   int64
 	Samples []string
 }
 
 func (e *MissingError) Error() string {
-	return fmt.Sprintf("%d object(s) the metadata names are missing or of the wrong size in the backend (first: %v)", e.Count, e.Samples)
+	return fmt.Sprintf("%d object(s) the metadata names are missing from the data backend or of the wrong size (first: %v), "+
+		"and this metastore has no record of their blocks to use instead: they were deleted or rewritten after the export was made "+
+		"(cleanup after rm, migrate-encryption), so these versions cannot be imported from this export; import a newer export of them, "+
+		"or, if the data backend still holds their metadata ('backy ls --from-backend'), get them back with 'backy rebuild-metastore'",
+		e.Count, e.Samples)
 }
 
 func (e *MissingError) Unwrap() error { return ErrMissingObjects }
@@ -273,7 +284,9 @@ func checkStore(db *metastore.DB, s manifest.StoreInfo) error {
 }
 
 // validate reads the whole stream once, checking everything the import
-// relies on before anything is written.
+// relies on before anything is written. A damaged stream is reported
+// before versions that exist already (the file is the bigger problem),
+// and those before missing objects.
 func validate(ctx context.Context, db *metastore.DB, open func() (io.ReadCloser, error), o ImportOptions) (*ImportResult, error) {
 	rc, err := open()
 	if err != nil {
@@ -292,6 +305,7 @@ func validate(ctx context.Context, db *metastore.DB, open func() (io.ReadCloser,
 	}
 	res := &ImportResult{}
 	missing := &MissingError{}
+	var exists []string
 	// A block several pages or versions name is checked each time; it
 	// counts as one missing object.
 	seen := map[block.Name]bool{}
@@ -323,6 +337,8 @@ func validate(ctx context.Context, db *metastore.DB, open func() (io.ReadCloser,
 			})
 		}
 	}
+	var lookups []metastore.Lookup
+	var ids []block.ID
 	readErr := func() error {
 		for {
 			if err := gctx.Err(); err != nil {
@@ -335,8 +351,11 @@ func validate(ctx context.Context, db *metastore.DB, open func() (io.ReadCloser,
 			if err != nil {
 				return err
 			}
+			present := false
 			if _, err := db.Version(v.UID); err == nil {
-				return fmt.Errorf("%w: %s (remove it first, or import the others)", ErrExists, v.UID)
+				// Refused, but only once the whole stream verified.
+				present = true
+				exists = append(exists, v.UID)
 			} else if !errors.Is(err, metastore.ErrVersionNotFound) {
 				return err
 			}
@@ -351,16 +370,53 @@ func validate(ctx context.Context, db *metastore.DB, open func() (io.ReadCloser,
 				}
 				res.Blocks += int64(len(p.IDs))
 				res.Records += int64(len(p.Records))
+				if present || len(p.Records) == 0 {
+					continue
+				}
+				// The import keeps the record the metastore has of a
+				// block (Importer.AppendPage): an export made before
+				// migrate-encryption names objects since replaced, and
+				// the store's record names the current one. So check
+				// the object the version will use.
+				ids = ids[:0]
+				for _, r := range p.Records {
+					ids = append(ids, r.ID)
+				}
+				lookups = slices.Grow(lookups[:0], len(ids))[:len(ids)]
+				if err := db.LookupBlocks(ids, lookups); err != nil {
+					return err
+				}
+				// Records are reused by the reader: check copies.
+				recs := make([]block.Record, 0, len(p.Records))
+				for i, r := range p.Records {
+					if l := lookups[i]; l.Found {
+						if l.Record.Name != r.Name {
+							res.RecordsResolved++
+						}
+						if l.Record.Invalid {
+							// Known damaged: the imported version
+							// will be invalid; nothing to check.
+							continue
+						}
+						r = l.Record
+					}
+					recs = append(recs, r)
+				}
 				if o.Objects != nil {
-					// Records are reused by the reader: check copies.
-					check(append([]block.Record(nil), p.Records...))
+					check(recs)
 				}
 			}
 		}
 	}()
 	werr := g.Wait()
 	if readErr != nil {
+		if len(exists) > 0 {
+			return nil, fmt.Errorf("%w (besides, this metastore has %s already)", readErr, strings.Join(exists, " "))
+		}
 		return nil, readErr
+	}
+	if len(exists) > 0 {
+		return nil, fmt.Errorf("%w: %s (remove it first, or import the others)", ErrExists, strings.Join(exists, " "))
 	}
 	if werr != nil {
 		return nil, fmt.Errorf("checking the objects in the backend: %w", werr)
