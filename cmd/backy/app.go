@@ -27,7 +27,8 @@ const exitCodesHelp = `EXIT CODES:
    0    success
    1    unexpected internal error
    64   bad command line (unknown flag, missing argument, unusable --from/--resume version, protected version)
-   65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read)
+   65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read;
+        deep-scrub --source: the version differs from the source, nothing marked)
    66   not found (source, version, store, configuration file)
    70   integrity failure (corrupt or missing stored block, incomplete or invalid version)
    71   no space left on device

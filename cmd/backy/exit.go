@@ -86,7 +86,7 @@ func exitCode(err error) int {
 		return exitDamage
 	case errors.Is(err, scrub.ErrOptions), errors.Is(err, replicate.ErrOptions):
 		return exitUsage
-	case errors.Is(err, scrub.ErrSourceSize):
+	case errors.Is(err, scrub.ErrSourceSize), errors.Is(err, scrub.ErrDiffers):
 		return exitDataErr
 	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged),
 		errors.Is(err, replicate.ErrBlockSize), errors.Is(err, manifest.ErrInvalid), errors.Is(err, transfer.ErrOtherStore),
