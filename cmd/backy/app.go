@@ -119,6 +119,9 @@ func newApp(e *env) *cli.App {
 func chainBefore(e *env, next cli.BeforeFunc) cli.BeforeFunc {
 	return func(c *cli.Context) error {
 		e.metrics = metrics{file: flagString(c, "metrics-file"), command: c.Command.Name, start: time.Now()}
+		if c.Command.Name == "backup" { // per volume: labelled with it
+			e.metrics.volume = c.Args().Get(1)
+		}
 		if c.Command.Name == "version" { // needs no configuration
 			e.json = jsonWanted(c)
 			return nil
