@@ -110,7 +110,6 @@ func newApp(e *env) *cli.App {
 		c.Flags = append(c.Flags, jsonFlag, metricsFlag)
 		c.OnUsageError = app.OnUsageError
 		c.Before = chainBefore(e, c.Before)
-		c.After = func(*cli.Context) error { e.close(); return nil }
 	}
 	return app
 }

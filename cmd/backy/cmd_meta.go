@@ -144,6 +144,7 @@ func cmdImport(e *env) *cli.Command {
 				return err
 			}
 			wlk.Unlock()
+			e.log.Info("versions imported", "versions", res.Versions, "blocks", res.Blocks, "records", res.Records, "objects_checked", res.ObjectsChecked)
 			serr := s.syncMeta(c.Context)
 			if e.json {
 				if err := ui.JSON(e.stdout, res); err != nil {
@@ -230,6 +231,8 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			e.log.Info("metastore rebuilt", "metastore", e.cfg.Meta.Path, "versions", res.Versions, "unreadable", res.Unreadable,
+				"older_snapshots", res.OlderSnapshots, "block_records", res.Records, "kept_aside", res.KeptAside)
 			// Versions whose snapshots disagreed get fresh ones.
 			s, err := e.openExisting(ctx)
 			if err != nil {

@@ -122,6 +122,9 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 				err = serr
 			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesVerified, res.BlocksChecked
+			e.log.Info(res.Kind+" finished", "versions", len(res.Versions), "skipped", len(res.Skipped), "percent", res.Percent, "blocks_checked", res.BlocksChecked,
+				"bytes_verified", res.BytesVerified, "problems", res.FailuresTotal, "differences", res.DifferencesTotal, "invalid_now", res.InvalidVersions,
+				"blocks_healed", res.BlocksHealed, "valid_again", res.ValidVersions, "seconds", res.DurationSeconds)
 			if e.json {
 				if jerr := ui.JSON(e.stdout, res); jerr != nil {
 					return jerr

@@ -156,6 +156,9 @@ func (e *env) reportError(err error, code int) {
 	if h := hint(err, code); h != "" && !strings.Contains(msg, h) {
 		msg += "; " + h
 	}
+	if e.fileLog != nil { // the audit trail: every failure, at ERROR
+		e.fileLog.Error("command failed", "command", e.metrics.command, "exit_code", code, "err", msg)
+	}
 	if e.json {
 		b, _ := json.Marshal(map[string]any{"error": msg, "exit_code": code})
 		fmt.Fprintln(e.stderr, string(b))

@@ -22,6 +22,7 @@ func run(args []string) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	env := &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	defer env.close() // after the metrics and the error are logged
 	app := newApp(env)
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err == nil && env.unknownCommand != "" {
