@@ -15,7 +15,8 @@
 // # Buckets (schema 1)
 //
 //	meta      "schema" -> uint32 BE; "store_id" -> 16 bytes; "block_size" -> uint64 BE;
-//	          "created" -> RFC 3339; "blocks", "stored_bytes", "plain_bytes" -> uint64 BE counters
+//	          "created" -> RFC 3339; "blocks", "stored_bytes", "plain_bytes" -> uint64 BE counters;
+//	          "scrub_rotation:<kind> <selection>" -> uint64 BE: a sampling rotation's position
 //	versions  uid -> JSON of Version
 //	maps      uid -> the version's page list: 32-byte page ids, in block order
 //	pages     page id -> encoded page (package blockmap)

@@ -274,7 +274,8 @@ func (db *DB) MarkVersionInvalid(uid string) (bool, error) {
 	return changed, err
 }
 
-// SetLastScrub records the outcome of a scrub of version uid.
+// SetLastScrub records the outcome of a scrub of version uid: as its
+// LastScrub and, for a deep-scrub, as its LastDeepScrub.
 // The snapshot in the backend is not refreshed for it (a nightly scrub of
 // every version would rewrite every snapshot); it carries the outcome
 // known when it was last written.
@@ -289,6 +290,42 @@ func (db *DB) SetLastScrub(uid string, r ScrubRecord) error {
 			return err
 		}
 		v.LastScrub = &r
+		if r.Kind == "deep-scrub" {
+			d := r
+			v.LastDeepScrub = &d
+		}
 		return putVersionQuiet(tx, v)
 	})
+}
+
+// scrubRotationKey is the meta key of a scrub rotation's position.
+func scrubRotationKey(name string) []byte { return []byte("scrub_rotation:" + name) }
+
+// ScrubRotation returns the position of the sampling rotation name (a
+// scrub kind and selection): where the next sampled scrub of that kind
+// and selection starts, as a fraction of 2^64 (0 when none ran yet).
+func (db *DB) ScrubRotation(name string) (uint64, error) {
+	var pos uint64
+	err := db.view(func(tx *bolt.Tx) error {
+		pos = getU64(tx.Bucket(bktMeta), scrubRotationKey(name))
+		return nil
+	})
+	return pos, err
+}
+
+// AdvanceScrubRotation moves the rotation name from position from (where
+// the finished scrub started) to to. If another scrub moved it meanwhile,
+// it is left where that one put it (the windows overlap rather than leave
+// a gap); the result reports whether it moved.
+func (db *DB) AdvanceScrubRotation(name string, from, to uint64) (bool, error) {
+	moved := false
+	err := db.update(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bktMeta)
+		if getU64(m, scrubRotationKey(name)) != from {
+			return nil
+		}
+		moved = true
+		return putU64(m, scrubRotationKey(name), to)
+	})
+	return moved, err
 }

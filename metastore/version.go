@@ -46,8 +46,10 @@ type Version struct {
 	DurationSeconds   float64           `json:"duration_seconds"`
 	Removing          bool              `json:"removing,omitempty"`
 	// LastScrub is the outcome of the last scrub or deep-scrub that
-	// covered the version.
-	LastScrub *ScrubRecord `json:"last_scrub,omitempty"`
+	// covered the version; LastDeepScrub that of the last deep-scrub (a
+	// plain scrub does not replace it).
+	LastScrub     *ScrubRecord `json:"last_scrub,omitempty"`
+	LastDeepScrub *ScrubRecord `json:"last_deep_scrub,omitempty"`
 }
 
 // ScrubRecord is the outcome of one scrub of a version.
@@ -62,6 +64,9 @@ type ScrubRecord struct {
 	OK            bool  `json:"ok"`
 	BlocksChecked int64 `json:"blocks_checked"`
 	BlocksBad     int64 `json:"blocks_bad"`
+	// BlocksDiffering counts the positions that differ from the source
+	// a deep-scrub compared the version with (not damage: OK may be true).
+	BlocksDiffering int64 `json:"blocks_differing,omitempty"`
 }
 
 // Blocks returns the number of blocks of the version.

@@ -10,6 +10,12 @@
 // header is not looked at (Stat only); a flipped byte inside an object is
 // found by deep-scrub only, and scrub needs no keys.
 //
+// A sample (Options.Percent below 100) is the next window of a rotation
+// over the hash space of the block identities (keyed by the store id),
+// whose position the metastore keeps per kind and selection
+// (metastore.ScrubRotation): N runs at 100/N percent check every block
+// once. A run that stops early does not move the rotation on.
+//
 // Deep-scrub does the same metadata checks and reads every (sampled) block
 // through blockstore.Store.Get, which verifies header, AEAD tag,
 // decompression, length and BLAKE3 hash. With a source image (one version
@@ -28,8 +34,10 @@
 // object makes its block invalid and every version using it invalid
 // (metastore.MarkInvalid); a map damaged in a way no block record can
 // carry (page missing, entry without a record) makes the version invalid.
-// A source mismatch is reported but marks nothing: the stored block is
-// intact, and the source may simply have changed since the snapshot. Before
+// A source mismatch is no failure: it is listed in Result.Differences,
+// the version's result is "differs" (Run returns ErrDiffers when nothing
+// was damaged), and it marks nothing: the stored block is intact, and the
+// source may simply have changed since the snapshot. Before
 // a block is declared missing or corrupt its record is looked up again and
 // followed if a concurrent migrate-encryption moved it to a new object.
 //
@@ -41,5 +49,6 @@
 // never makes anything valid: it cannot see the data.
 //
 // Each version is share-locked while it is scrubbed, so it cannot be
-// removed meanwhile, and the outcome is recorded in Version.LastScrub.
+// removed meanwhile, and the outcome is recorded in Version.LastScrub (and
+// Version.LastDeepScrub for a deep-scrub).
 package scrub

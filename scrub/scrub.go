@@ -1,16 +1,17 @@
 package scrub
 
 import (
+	"cmp"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
+	"math/big"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,8 +39,23 @@ const (
 	FailCorrupt = "corrupt"
 	// FailMetadata: the version's map or a block record is inconsistent.
 	FailMetadata = "metadata"
-	// FailSource: the block differs from the source image.
+	// FailSource: the block differs from the source image (listed in
+	// Result.Differences, not a failure: it marks nothing).
 	FailSource = "source"
+)
+
+// Results of a version (VersionResult.Result), the worst first.
+const (
+	// ResultDamaged: a checked block, or the map, is damaged or missing.
+	ResultDamaged = "damaged"
+	// ResultDiffers: the stored version is intact as far as checked, and
+	// differs from the source it was compared with.
+	ResultDiffers = "differs"
+	// ResultNoneSampled: the sample held none of the version's blocks;
+	// only its map was checked.
+	ResultNoneSampled = "none sampled"
+	// ResultOK: every checked block is intact (and matches the source).
+	ResultOK = "ok"
 )
 
 // Errors of Run.
@@ -47,6 +63,10 @@ var (
 	// ErrDamage: the scrub ran to its end and found damage (listed in the
 	// Result and recorded in the metastore).
 	ErrDamage = errors.New("scrub found damage")
+	// ErrDiffers: the deep-scrub ran to its end, found no damage, and the
+	// version differs from the source (listed in Result.Differences;
+	// nothing is marked).
+	ErrDiffers = errors.New("the version differs from the source")
 	// ErrNoVersions: the selection names no version (an unknown volume).
 	ErrNoVersions = errors.New("no versions to scrub")
 	// ErrSourceSize: the source image has another size than the version.
@@ -88,12 +108,15 @@ type Options struct {
 	All    bool
 	Volume string
 	// Percent is the share of blocks checked, in (0, 100]; 0 means 100.
-	// A block is sampled by a hash of its identity (and the seed), so a
-	// block shared by versions is sampled for all or none of them.
+	// Below 100 the sample is the next Percent of a rotation kept in the
+	// metastore per kind and selection (RotationName): a block is sampled
+	// when a hash of its identity, keyed by the store, falls in the window
+	// of the rotation that follows the last run's, so N runs at P percent
+	// with N x P >= 100 check every block of the selection at least once
+	// (and, at P = 100/N, almost always exactly once), and a block shared
+	// by versions is sampled for all or none of them. A run that stops
+	// early (an error, cancellation) does not move the rotation on.
 	Percent float64
-	// Seed makes the sample reproducible; 0 draws a random seed (reported
-	// in Result.Seed).
-	Seed uint64
 	// Source (deep only, one version only) is compared with the version.
 	Source Source
 	// Workers check blocks in parallel; 0 = 2 x GOMAXPROCS + 4 (deep) or
@@ -129,13 +152,25 @@ type VersionResult struct {
 	UID    string           `json:"uid"`
 	Volume string           `json:"volume"`
 	Status metastore.Status `json:"status"` // after the scrub
-	OK     bool             `json:"ok"`
+	// OK reports that nothing checked was damaged (a difference from the
+	// source is no damage); Result says more (ResultOK, ...).
+	OK     bool   `json:"ok"`
+	Result string `json:"result"`
 	// BlocksChecked counts the sampled non-sparse block positions (and,
 	// with a source, the sparse ones) of the version; BlocksBad those
 	// found bad (here or, for a shared block, in another version of the
-	// run) plus positions with broken metadata.
-	BlocksChecked int64 `json:"blocks_checked"`
-	BlocksBad     int64 `json:"blocks_bad"`
+	// run) plus positions with broken metadata; BlocksDiffering the
+	// positions that differ from the source.
+	BlocksChecked   int64 `json:"blocks_checked"`
+	BlocksBad       int64 `json:"blocks_bad"`
+	BlocksDiffering int64 `json:"blocks_differing"`
+}
+
+// Window is the part of the sampling rotation a run checked, in percent
+// of the rotation: from From up to To (To < From when it wrapped round).
+type Window struct {
+	From float64 `json:"from"`
+	To   float64 `json:"to"`
 }
 
 // Skipped is a selected version that was not scrubbed.
@@ -146,9 +181,11 @@ type Skipped struct {
 
 // Result summarises a scrub.
 type Result struct {
-	Kind     string          `json:"kind"`
-	Percent  float64         `json:"percent"`
-	Seed     uint64          `json:"seed"`
+	Kind    string  `json:"kind"`
+	Percent float64 `json:"percent"`
+	// Window is the part of the rotation sampled (Percent below 100).
+	Window *Window `json:"window,omitempty"`
+	// Versions and Skipped are sorted by uid (oldest first).
 	Versions []VersionResult `json:"versions"`
 	Skipped  []Skipped       `json:"skipped,omitempty"`
 	// BlocksChecked counts distinct blocks checked (stat or read);
@@ -159,6 +196,10 @@ type Result struct {
 	// FailuresTotal counts them all.
 	Failures      []Failure `json:"failures"`
 	FailuresTotal int64     `json:"failures_total"`
+	// Differences lists the positions that differ from the source (at
+	// most 10,000, kind FailSource); DifferencesTotal counts them all.
+	Differences      []Failure `json:"differences,omitempty"`
+	DifferencesTotal int64     `json:"differences_total,omitempty"`
 	// InvalidVersions are the versions using a block this run found bad,
 	// or whose map is damaged: all of them are invalid now.
 	InvalidVersions []string `json:"invalid_versions,omitempty"`
@@ -194,12 +235,15 @@ type pageInfo struct {
 }
 
 type run struct {
-	st     BlockStore
-	db     *metastore.DB
-	o      Options
-	log    *slog.Logger
-	thresh uint64 // sample when hash < thresh (all when percent is 100)
-	all    bool
+	st  BlockStore
+	db  *metastore.DB
+	o   Options
+	log *slog.Logger
+	// A block is sampled when its keyed hash h has h - start < width
+	// (mod 2^64); all is set at 100 percent.
+	all          bool
+	key          uint64
+	start, width uint64
 
 	mu       sync.Mutex // guards what follows
 	res      *Result
@@ -236,11 +280,6 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 	if o.Source != nil && !o.Deep {
 		return nil, fmt.Errorf("%w: a source is compared by a deep-scrub only", ErrOptions)
 	}
-	if o.Seed == 0 {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		o.Seed = binary.LittleEndian.Uint64(b[:]) | 1
-	}
 	if o.Workers <= 0 {
 		o.Workers = 16
 		if o.Deep {
@@ -262,14 +301,21 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 		return nil, fmt.Errorf("%w: the source has %d bytes, version %s %d", ErrSourceSize, o.Source.Size(), vs[0].UID, vs[0].Size)
 	}
 	r := &run{
-		st: st, db: db, o: o, log: o.Logger, all: o.Percent >= 100,
-		res:   &Result{Kind: kind, Percent: o.Percent, Seed: o.Seed, Versions: []VersionResult{}, Failures: []Failure{}},
+		st: st, db: db, o: o, log: o.Logger,
+		res:   &Result{Kind: kind, Percent: o.Percent, Versions: []VersionResult{}, Failures: []Failure{}},
 		seen:  map[block.ID]uint8{},
 		bad:   map[block.ID]bool{},
 		pages: map[pageKey]pageInfo{}, listed: map[string]bool{}, validSet: map[string]bool{},
 	}
+	sid := db.StoreID()
+	r.key = binary.LittleEndian.Uint64(sid[:8]) ^ binary.LittleEndian.Uint64(sid[8:])
+	r.width, r.all = windowWidth(o.Percent)
+	rotation := RotationName(o)
 	if !r.all {
-		r.thresh = uint64(o.Percent / 100 * math.MaxUint64)
+		if r.start, err = db.ScrubRotation(rotation); err != nil {
+			return nil, err
+		}
+		r.res.Window = &Window{From: rotationPercent(r.start), To: rotationPercent(r.start + r.width)}
 	}
 	if kc, ok := st.(KeyChecker); ok && o.Deep {
 		for _, v := range vs {
@@ -314,8 +360,18 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 		}
 	}
 	res := r.finish(start)
+	if !r.all {
+		// The run went through its window: the next one starts after it.
+		if _, err := db.AdvanceScrubRotation(rotation, r.start, r.start+r.width); err != nil {
+			return res, err
+		}
+	}
 	if res.FailuresTotal > 0 {
 		return res, fmt.Errorf("%w: %d problem(s) listed; %d version(s) invalid", ErrDamage, res.FailuresTotal, len(res.InvalidVersions))
+	}
+	if lockErr == nil && res.DifferencesTotal > 0 {
+		return res, fmt.Errorf("%w: %s differs from it in %d block(s) (listed); its stored blocks are intact as far as checked and nothing was marked invalid: the source changed since the backup, or is another image",
+			ErrDiffers, res.Versions[0].UID, res.DifferencesTotal)
 	}
 	return res, lockErr
 }
@@ -323,8 +379,55 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 func (r *run) finish(start time.Time) *Result {
 	slices.Sort(r.res.InvalidVersions)
 	slices.Sort(r.res.ValidVersions)
+	slices.SortFunc(r.res.Versions, func(a, b VersionResult) int { return cmp.Compare(a.UID, b.UID) })
+	slices.SortFunc(r.res.Skipped, func(a, b Skipped) int { return cmp.Compare(a.UID, b.UID) })
 	r.res.DurationSeconds = time.Since(start).Seconds()
 	return r.res
+}
+
+// RotationName names the sampling rotation of a scrub: its kind and its
+// selection (every version, a volume, or a set of versions), so that
+// sampled runs of one selection cover it whatever other selections ran.
+func RotationName(o Options) string {
+	kind := KindScrub
+	if o.Deep {
+		kind = KindDeep
+	}
+	switch {
+	case o.All:
+		return kind + " all"
+	case o.Volume != "":
+		return kind + " volume=" + o.Volume
+	}
+	uids := slices.Clone(o.UIDs)
+	slices.Sort(uids)
+	return kind + " versions=" + strings.Join(slices.Compact(uids), ",")
+}
+
+// windowWidth returns the share pct percent of the hash space 2^64,
+// rounded up (so that N windows of 100/N percent cover it all), and
+// whether that is all of it.
+func windowWidth(pct float64) (uint64, bool) {
+	if pct >= 100 {
+		return 0, true
+	}
+	q := new(big.Rat).SetFloat64(pct)
+	q.Mul(q, new(big.Rat).SetInt(new(big.Int).Lsh(big.NewInt(1), 64)))
+	q.Quo(q, big.NewRat(100, 1))
+	n, rem := new(big.Int).QuoRem(q.Num(), q.Denom(), new(big.Int))
+	if rem.Sign() != 0 {
+		n.Add(n, big.NewInt(1))
+	}
+	if n.BitLen() > 64 {
+		return 0, true
+	}
+	return n.Uint64(), false
+}
+
+// rotationPercent converts a position of the rotation to percent.
+func rotationPercent(pos uint64) float64 {
+	f, _ := new(big.Rat).SetFrac(new(big.Int).SetUint64(pos), new(big.Int).Lsh(big.NewInt(1), 64)).Float64()
+	return f * 100
 }
 
 // selectVersions resolves the selection.
@@ -377,7 +480,8 @@ func splitmix64(x uint64) uint64 {
 }
 
 // sampled reports whether the block id (at position idx, for sparse
-// blocks) is in the sample.
+// blocks) is in the sample: whether its hash, keyed by the store, falls
+// in the run's window of the rotation.
 func (r *run) sampled(id block.ID, idx int64) bool {
 	if r.all {
 		return true
@@ -388,7 +492,7 @@ func (r *run) sampled(id block.ID, idx int64) bool {
 	} else {
 		x = binary.LittleEndian.Uint64(id[:8]) ^ binary.LittleEndian.Uint64(id[8:16])
 	}
-	return splitmix64(x^r.o.Seed) < r.thresh
+	return splitmix64(x^r.key)-r.start < r.width
 }
 
 func (r *run) fail(f Failure) {
@@ -399,6 +503,17 @@ func (r *run) fail(f Failure) {
 		r.res.Failures = append(r.res.Failures, f)
 	}
 	r.log.Info("scrub: damage found", "version", f.Version, "block", f.Index, "kind", f.Kind, "reason", f.Reason)
+}
+
+// differ records a difference from the source.
+func (r *run) differ(f Failure) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.res.DifferencesTotal++
+	if len(r.res.Differences) < maxListed {
+		r.res.Differences = append(r.res.Differences, f)
+	}
+	r.log.Info("deep-scrub: the version differs from the source", "version", f.Version, "block", f.Index, "reason", f.Reason)
 }
 
 func (r *run) progress(n int64) {
@@ -609,7 +724,7 @@ func (r *run) version(ctx context.Context, uid string) error {
 	}
 	// Positions of this version whose block was found bad in this run
 	// (here, or earlier in another version) need a second look at the map.
-	bad := vs.srcBad + vs.metaBad
+	bad := vs.metaBad
 	r.mu.Lock()
 	nb := len(r.bad)
 	r.mu.Unlock()
@@ -647,11 +762,21 @@ func (r *run) version(ctx context.Context, uid string) error {
 			}
 		}
 	}
-	vr.BlocksBad = bad
+	vr.BlocksBad, vr.BlocksDiffering = bad, vs.srcBad
 	vr.OK = bad == 0 && !vs.broken
+	switch {
+	case !vr.OK:
+		vr.Result = ResultDamaged
+	case vr.BlocksDiffering > 0:
+		vr.Result = ResultDiffers
+	case vr.BlocksChecked == 0 && !r.all:
+		vr.Result = ResultNoneSampled
+	default:
+		vr.Result = ResultOK
+	}
 	if err := r.db.SetLastScrub(uid, metastore.ScrubRecord{
 		At: at.UTC(), Kind: r.res.Kind, Percent: r.o.Percent, OK: vr.OK,
-		BlocksChecked: vr.BlocksChecked, BlocksBad: vr.BlocksBad,
+		BlocksChecked: vr.BlocksChecked, BlocksBad: vr.BlocksBad, BlocksDiffering: vr.BlocksDiffering,
 	}); err != nil {
 		return err
 	}
@@ -720,7 +845,7 @@ func (r *run) worker(ctx context.Context, uid string, vs *vstate, jobs <-chan jo
 				if !j.id.IsSparse() {
 					f.ID = j.id.String()
 				}
-				r.fail(f)
+				r.differ(f)
 			}
 		}
 	}

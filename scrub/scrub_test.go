@@ -406,12 +406,12 @@ func TestSharedBlockOnce(t *testing.T) {
 	}
 }
 
-// TestPercent: --percent samples about that share of the blocks,
-// reproducibly with a seed.
+// TestPercent: --percent samples about that share of the blocks, the
+// next window of the rotation each run (see rotation_test.go).
 func TestPercent(t *testing.T) {
 	e := newEnv(t)
 	v := e.backup(randomImage(400, 8))
-	res, err := e.scrub(scrub.Options{Deep: true, Percent: 25, Seed: 42})
+	res, err := e.scrub(scrub.Options{Deep: true, Percent: 25})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,25 +419,30 @@ func TestPercent(t *testing.T) {
 	if n < 60 || n > 140 || e.st.gets.Load() != n {
 		t.Fatalf("25%% of 400 blocks: checked %d with %d reads", n, e.st.gets.Load())
 	}
-	first := maps(e.st)
-	e.st = e.store(0)
-	res, err = e.scrub(scrub.Options{Deep: true, Percent: 25, Seed: 42})
-	if err != nil || res.BlocksChecked != n || !equalKeys(first, maps(e.st)) {
-		t.Fatalf("same seed: %d blocks (%v), want the same %d", res.BlocksChecked, err, n)
+	if w := res.Window; w == nil || w.From != 0 || w.To != 25 {
+		t.Errorf("window %+v, want 0 to 25", w)
 	}
+	first := maps(e.st)
 	vv, _ := e.db.Version(v.UID)
 	if vv.LastScrub == nil || vv.LastScrub.Percent != 25 || vv.LastScrub.BlocksChecked != n {
 		t.Errorf("last scrub %+v", vv.LastScrub)
 	}
 	e.st = e.store(0)
-	res, err = e.scrub(scrub.Options{Deep: true, Percent: 25, Seed: 43})
-	if err != nil || equalKeys(first, maps(e.st)) {
-		t.Fatalf("another seed drew the same sample (%v)", err)
+	res, err = e.scrub(scrub.Options{Deep: true, Percent: 25})
+	if err != nil || res.Window == nil || res.Window.From != 25 || res.Window.To != 50 {
+		t.Fatalf("second run: %v, window %+v", err, res.Window)
+	}
+	for id := range maps(e.st) {
+		if first[id] != 0 {
+			t.Errorf("block %s read by both runs", id.Short())
+		}
+	}
+	if res, err := e.scrub(scrub.Options{Deep: true}); err != nil || res.Window != nil || res.BlocksChecked != 400 {
+		t.Errorf("100%%: %v, window %+v, %d blocks", err, res.Window, res.BlocksChecked)
 	}
 	if _, err := e.scrub(scrub.Options{Percent: 101}); !errors.Is(err, scrub.ErrOptions) {
 		t.Fatalf("percent 101: %v", err)
 	}
-	_ = res
 }
 
 func maps(c *counting) map[block.ID]int {
@@ -463,7 +468,10 @@ func equalKeys(a, b map[block.ID]int) bool {
 }
 
 // TestSource: a deep-scrub with a source finds a data block and a sparse
-// block that differ from it, and marks nothing invalid.
+// block that differ from it, reports them as differences (ErrDiffers,
+// result "differs"), and marks nothing: no block or version invalid, no
+// block counted bad, and a version made invalid earlier by a block since
+// stored again becomes valid as usual.
 func TestSource(t *testing.T) {
 	e := newEnv(t)
 	img := slices.Concat(randomImage(5, 9), make([]byte, 2*bs), randomImage(1, 10)[:bs/2])
@@ -475,11 +483,17 @@ func TestSource(t *testing.T) {
 	other[3*bs+5] ^= 1 // data block 3
 	other[6*bs+9] = 1  // sparse block 6
 	res, err := e.scrub(scrub.Options{Deep: true, UIDs: []string{v.UID}, Source: src(other)})
-	if !errors.Is(err, scrub.ErrDamage) {
+	if !errors.Is(err, scrub.ErrDiffers) || errors.Is(err, scrub.ErrDamage) {
 		t.Fatalf("deep-scrub against another image: %v", err)
 	}
+	if len(res.Failures) != 0 || res.FailuresTotal != 0 || res.DifferencesTotal != 2 {
+		t.Errorf("failures %+v (%d), differences %d: want none and 2", res.Failures, res.FailuresTotal, res.DifferencesTotal)
+	}
+	if vr := res.Versions[0]; !vr.OK || vr.Result != scrub.ResultDiffers || vr.BlocksBad != 0 || vr.BlocksDiffering != 2 || vr.Status != metastore.StatusValid {
+		t.Errorf("version result %+v", vr)
+	}
 	var idx []int64
-	for _, f := range res.Failures {
+	for _, f := range res.Differences {
 		if f.Kind != scrub.FailSource {
 			t.Errorf("failure %+v", f)
 		}
@@ -492,8 +506,13 @@ func TestSource(t *testing.T) {
 	if e.status(v.UID) != metastore.StatusValid || len(res.InvalidVersions) != 0 {
 		t.Error("a source mismatch marked the version invalid")
 	}
-	if vv, _ := e.db.Version(v.UID); vv.LastScrub == nil || vv.LastScrub.OK || vv.LastScrub.BlocksBad != 2 {
+	if vv, _ := e.db.Version(v.UID); vv.LastScrub == nil || !vv.LastScrub.OK || vv.LastScrub.BlocksBad != 0 || vv.LastScrub.BlocksDiffering != 2 {
 		t.Errorf("last scrub %+v", vv.LastScrub)
+	}
+	for _, r := range e.records(v.UID) {
+		if !r.ID.IsSparse() && e.invalid(r.ID) {
+			t.Errorf("block %s marked invalid", r.ID.Short())
+		}
 	}
 	if _, err := e.scrub(scrub.Options{Deep: true, UIDs: []string{v.UID}, Source: src(img[:bs])}); !errors.Is(err, scrub.ErrSourceSize) {
 		t.Errorf("short source: %v", err)

@@ -27,7 +27,8 @@ const exitCodesHelp = `EXIT CODES:
    0    success
    1    unexpected internal error
    64   bad command line (unknown flag, missing argument, unusable --from/--resume version, protected version)
-   65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read)
+   65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read;
+        deep-scrub --source: the version differs from the source, nothing marked)
    66   not found (source, version, store, configuration file)
    70   integrity failure (corrupt or missing stored block, incomplete or invalid version)
    71   no space left on device
@@ -109,7 +110,6 @@ func newApp(e *env) *cli.App {
 		c.Flags = append(c.Flags, jsonFlag, metricsFlag)
 		c.OnUsageError = app.OnUsageError
 		c.Before = chainBefore(e, c.Before)
-		c.After = func(*cli.Context) error { e.close(); return nil }
 	}
 	return app
 }
@@ -118,6 +118,9 @@ func newApp(e *env) *cli.App {
 func chainBefore(e *env, next cli.BeforeFunc) cli.BeforeFunc {
 	return func(c *cli.Context) error {
 		e.metrics = metrics{file: flagString(c, "metrics-file"), command: c.Command.Name, start: time.Now()}
+		if c.Command.Name == "backup" { // per volume: labelled with it
+			e.metrics.volume = c.Args().Get(1)
+		}
 		if c.Command.Name == "version" { // needs no configuration
 			e.json = jsonWanted(c)
 			return nil

@@ -109,6 +109,8 @@ func cmdBackup(e *env) *cli.Command {
 				}
 				v = ev
 			}
+			e.log.Info("backup finished", "version", v.UID, "volume", v.Volume, "snapshot", v.Snapshot, "size", v.Size, "bytes_read", v.BytesRead,
+				"bytes_written", v.BytesWritten, "bytes_deduplicated", v.BytesDeduplicated, "bytes_sparse", v.BytesSparse, "seconds", v.DurationSeconds)
 			// The version's metadata goes beside its blocks; a failure
 			// is reported after the result (the version is complete).
 			serr := s.syncMeta(c.Context)

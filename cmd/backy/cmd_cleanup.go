@@ -66,7 +66,10 @@ func cmdCleanup(e *env) *cli.Command {
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesFreed, res.BlocksDeleted
 			if res.Orphans != nil {
 				e.metrics.bytesProcessed += res.Orphans.Bytes
+				e.log.Info("cleanup: orphan sweep", "objects_listed", res.Orphans.Listed, "orphans_deleted", res.Orphans.Objects, "bytes_freed", res.Orphans.Bytes, "temp_files_removed", res.Orphans.TempFiles)
 			}
+			e.log.Info("cleanup finished", "blocks_deleted", res.BlocksDeleted, "bytes_freed", res.BytesFreed, "plain_bytes_freed", res.PlainBytesFreed,
+				"trash_objects_deleted", res.TrashDeleted, "blocks_kept", res.Kept, "seconds", res.DurationSeconds)
 			if e.json {
 				if jerr := ui.JSON(e.stdout, res); jerr != nil {
 					return jerr

@@ -65,6 +65,10 @@ func cmdCopy(e *env) *cli.Command {
 				return err
 			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = rep.BytesWritten, rep.BlocksSent
+			if !dry {
+				e.log.Info("copy finished", "to", to, "versions", copyStates(rep), "blocks_sent", rep.BlocksSent, "bytes_written", rep.BytesWritten,
+					"blocks_deduplicated", rep.BlocksDeduplicated, "invalid_versions", rep.InvalidVersions, "seconds", rep.DurationSeconds)
+			}
 			switch {
 			case e.json:
 				if jerr := ui.JSON(e.stdout, rep); jerr != nil {
@@ -79,6 +83,15 @@ func cmdCopy(e *env) *cli.Command {
 			return err
 		},
 	}
+}
+
+// copyStates lists "UID=state" for the log.
+func copyStates(rep *replicate.Report) []string {
+	out := make([]string, 0, len(rep.Versions))
+	for _, v := range rep.Versions {
+		out = append(out, v.UID+"="+string(v.State))
+	}
+	return out
 }
 
 // errCopyInterrupted marks an interrupted copy, for its hint.

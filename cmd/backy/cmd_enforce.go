@@ -140,6 +140,7 @@ func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.
 		})
 		switch {
 		case err == nil:
+			e.log.Info("enforce: version removed", "version", v.UID, "volume", v.Volume, "date", v.Date, "reason", d.Reason)
 			gone = append(gone, v)
 			rows = append(rows, row{v, "removed", d.Reason})
 		case errors.Is(err, metastore.ErrVersionNotFound):

@@ -37,6 +37,7 @@ func cmdExpire(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			e.log.Info("expiry date set", "version", v.UID, "expire", expireString(v.Expire))
 			serr := s.syncMeta(c.Context)
 			if e.json {
 				err = ui.JSON(e.stdout, v)

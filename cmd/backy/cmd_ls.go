@@ -60,7 +60,7 @@ func printVersions(e *env, vs []*metastore.Version) error {
 			prot = "yes"
 		}
 		rows = append(rows, []string{v.UID, v.Date.UTC().Format(time.DateTime), v.Volume, v.Snapshot,
-			ui.Bytes(v.Size), string(v.Status), prot, labelString(v.Labels), lastScrub(v.LastScrub)})
+			ui.Bytes(v.Size), string(v.Status), prot, labelString(v.Labels), lastScrub(v)})
 	}
 	return ui.Table(e.stdout, []string{"UID", "DATE (UTC)", "VOLUME", "SNAPSHOT", "SIZE", "STATUS", "PROTECTED", "LABELS", "LAST SCRUB (UTC)"}, rows)
 }

@@ -161,6 +161,7 @@ func cmdImport(e *env) *cli.Command {
 					return err
 				}
 			}
+			e.log.Info("versions imported", "versions", res.Versions, "blocks", res.Blocks, "records", res.Records, "objects_checked", res.ObjectsChecked)
 			serr := s.syncMeta(ctx)
 			if e.json {
 				if err := ui.JSON(e.stdout, res); err != nil {
@@ -326,6 +327,8 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			e.log.Info("metastore rebuilt", "metastore", e.cfg.Meta.Path, "versions", res.Versions, "unreadable", res.Unreadable,
+				"older_snapshots", res.OlderSnapshots, "block_records", res.Records, "kept_aside", res.KeptAside)
 			// Versions whose snapshots disagreed, or that came from the
 			// old metastore, get fresh ones.
 			s, err := e.openExisting(ctx)

@@ -77,6 +77,8 @@ func cmdMigrateEncryption(e *env) *cli.Command {
 				err = serr
 			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesWritten, res.Examined
+			e.log.Info("migrate-encryption finished", "target", res.Target, "blocks_examined", res.Examined, "blocks_migrated", res.Migrated,
+				"bytes_written", res.BytesWritten, "objects_deleted", res.ObjectsDeleted, "damaged", len(res.Failures), "blocks_below_target", res.Remaining)
 			if e.json {
 				if jerr := ui.JSON(e.stdout, res); jerr != nil {
 					return jerr

@@ -30,6 +30,7 @@ func cmdProtect(e *env, protect bool) *cli.Command {
 					return err
 				}
 				out = append(out, v)
+				e.log.Info("version "+name+"ed", "version", uid, "protected", v.Protected)
 			}
 			serr := s.syncMeta(c.Context)
 			if e.json {

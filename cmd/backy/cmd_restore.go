@@ -73,6 +73,8 @@ func runRestore(c *cli.Context, e *env, bst *blockstore.Store, db *metastore.DB,
 	if res == nil || (err != nil && !(force && errors.Is(err, restore.ErrBadBlocks))) {
 		return err
 	}
+	e.log.Info("version restored", "version", uid, "target", target, "bytes_written", res.BytesWritten, "bytes_sparse", res.BytesSparse,
+		"bad_blocks", len(res.BadBlocks), "invalid_versions", res.InvalidVersions, "seconds", res.DurationSeconds)
 	if e.json {
 		if jerr := ui.JSON(e.stdout, res); jerr != nil {
 			return jerr

@@ -37,6 +37,9 @@ func cmdRm(e *env) *cli.Command {
 				}
 				removed = append(removed, uid)
 			}
+			if len(removed) > 0 {
+				e.log.Info("versions removed", "versions", removed, "not_removed", len(failed))
+			}
 			if e.json {
 				if removed == nil {
 					removed = []string{}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,14 +26,14 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 	flags := []cli.Flag{
 		&cli.BoolFlag{Name: "all", Usage: "scrub every version"},
 		&cli.StringFlag{Name: "volume", Usage: "scrub every version of `VOLUME`"},
-		&cli.Float64Flag{Name: "percent", Value: 100, Usage: "check a sample of `P` percent of the blocks (by block identity, so shared blocks are sampled alike)"},
+		&cli.Float64Flag{Name: "percent", Value: 100, Usage: "check the next `P` percent of the blocks in a rotation kept per selection, so that 100/P runs check every block once (by block identity, so shared blocks are sampled alike)"},
 	}
 	if deep {
 		name, usage = "deep-scrub", "read and verify every stored block of versions (authentication tag, BLAKE3), optionally against the source"
 		desc = "Does what scrub does and reads every (sampled) block, verifying its object header, authentication\n" +
 			"tag and BLAKE3 hash. With --source (one version), also compares every sampled block with the\n" +
-			"source image, sparse blocks included (they must be zeros there); a mismatch is reported, and\n" +
-			"marks nothing invalid. A block marked invalid that reads back intact is valid again, and so is\n" +
+			"source image, sparse blocks included (they must be zeros there); a difference is reported as\n" +
+			"DIFFERS (exit 65) and marks nothing invalid. A block marked invalid that reads back intact is valid again, and so is\n" +
 			"every version with no invalid block left. A block shared by several versions is read once.\n" +
 			"The keys of every encryption version the blocks use must be configured."
 		flags = append(flags, &cli.StringFlag{Name: "source", Usage: "compare the version with the image at `PATH` (file, block device or file:// URL)"})
@@ -121,6 +122,9 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 				err = serr
 			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesVerified, res.BlocksChecked
+			e.log.Info(res.Kind+" finished", "versions", len(res.Versions), "skipped", len(res.Skipped), "percent", res.Percent, "blocks_checked", res.BlocksChecked,
+				"bytes_verified", res.BytesVerified, "problems", res.FailuresTotal, "differences", res.DifferencesTotal, "invalid_now", res.InvalidVersions,
+				"blocks_healed", res.BlocksHealed, "valid_again", res.ValidVersions, "seconds", res.DurationSeconds)
 			if e.json {
 				if jerr := ui.JSON(e.stdout, res); jerr != nil {
 					return jerr
@@ -136,42 +140,30 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 func printScrub(e *env, res *scrub.Result) {
 	rows := make([][]string, 0, len(res.Versions))
 	for _, v := range res.Versions {
-		result := "ok"
-		if !v.OK {
-			result = "DAMAGED"
+		result := v.Result
+		if result == scrub.ResultDamaged || result == scrub.ResultDiffers {
+			result = strings.ToUpper(result)
 		}
 		rows = append(rows, []string{v.UID, v.Volume, fmt.Sprint(v.BlocksChecked), fmt.Sprint(v.BlocksBad), result, string(v.Status)})
 	}
 	for _, sk := range res.Skipped {
 		rows = append(rows, []string{sk.UID, "", "", "", "skipped: " + sk.Reason, ""})
 	}
+	// One table, oldest first (uids sort by age), as 'ls' lists them.
+	slices.SortStableFunc(rows, func(a, b []string) int { return strings.Compare(a[0], b[0]) })
 	_ = ui.Table(e.stdout, []string{"UID", "VOLUME", "CHECKED", "BAD", "RESULT", "STATUS"}, rows)
-	if len(res.Failures) > 0 {
-		fmt.Fprintln(e.stdout)
-		frows := make([][]string, 0, len(res.Failures))
-		for _, f := range res.Failures {
-			idx := fmt.Sprint(f.Index)
-			if f.Index < 0 {
-				idx = "map"
-			}
-			id := f.ID
-			if len(id) > 12 {
-				id = id[:12]
-			}
-			frows = append(frows, []string{f.Version, idx, id, f.Kind, f.Reason})
-		}
-		_ = ui.Table(e.stdout, []string{"VERSION", "BLOCK", "ID", "KIND", "REASON"}, frows)
-		if res.FailuresTotal > int64(len(res.Failures)) {
-			fmt.Fprintf(e.stdout, "... and %d more\n", res.FailuresTotal-int64(len(res.Failures)))
-		}
-	}
+	printScrubFailures(e, res.Failures, res.FailuresTotal, "KIND")
+	printScrubFailures(e, res.Differences, res.DifferencesTotal, "")
 	pct := ""
-	if res.Percent < 100 {
-		pct = fmt.Sprintf(" (%g%% sample, seed %d)", res.Percent, res.Seed)
+	if w := res.Window; w != nil {
+		pct = fmt.Sprintf(" (%g%% sample: %.4g%% to %.4g%% of the rotation)", res.Percent, w.From, w.To)
 	}
 	line := fmt.Sprintf("%s: %d distinct block(s) checked%s", res.Kind, res.BlocksChecked, pct)
 	if res.BytesVerified > 0 {
 		line += fmt.Sprintf(", %s verified", ui.Bytes(res.BytesVerified))
+	}
+	if res.DifferencesTotal > 0 {
+		line += fmt.Sprintf(", %d block(s) differ from the source", res.DifferencesTotal)
 	}
 	line += fmt.Sprintf(", %d problem(s) in %s", res.FailuresTotal, (time.Duration(res.DurationSeconds * float64(time.Second))).Round(time.Millisecond))
 	if len(res.InvalidVersions) > 0 {
@@ -183,8 +175,50 @@ func printScrub(e *env, res *scrub.Result) {
 	fmt.Fprintln(e.stdout, line)
 }
 
-// lastScrub formats a version's last scrub for 'ls'.
-func lastScrub(r *metastore.ScrubRecord) string {
+// printScrubFailures lists failures (kind column named kindCol) or,
+// with kindCol "", differences from the source.
+func printScrubFailures(e *env, fs []scrub.Failure, total int64, kindCol string) {
+	if len(fs) == 0 {
+		return
+	}
+	fmt.Fprintln(e.stdout)
+	frows := make([][]string, 0, len(fs))
+	for _, f := range fs {
+		idx := fmt.Sprint(f.Index)
+		if f.Index < 0 {
+			idx = "map"
+		}
+		id := f.ID
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		row := []string{f.Version, idx, id, f.Reason}
+		if kindCol != "" {
+			row = []string{f.Version, idx, id, f.Kind, f.Reason}
+		}
+		frows = append(frows, row)
+	}
+	head := []string{"VERSION", "BLOCK", "ID", "DIFFERENCE FROM THE SOURCE"}
+	if kindCol != "" {
+		head = []string{"VERSION", "BLOCK", "ID", kindCol, "REASON"}
+	}
+	_ = ui.Table(e.stdout, head, frows)
+	if total > int64(len(fs)) {
+		fmt.Fprintf(e.stdout, "... and %d more\n", total-int64(len(fs)))
+	}
+}
+
+// lastScrub formats a version's last scrub for 'ls', and its last
+// deep-scrub when a plain scrub came after it.
+func lastScrub(v *metastore.Version) string {
+	s := scrubRecord(v.LastScrub)
+	if d := v.LastDeepScrub; d != nil && (v.LastScrub == nil || v.LastScrub.Kind != d.Kind || !v.LastScrub.At.Equal(d.At)) {
+		s += "; " + scrubRecord(d)
+	}
+	return strings.TrimPrefix(s, "; ")
+}
+
+func scrubRecord(r *metastore.ScrubRecord) string {
 	if r == nil {
 		return ""
 	}
@@ -193,8 +227,13 @@ func lastScrub(r *metastore.ScrubRecord) string {
 		s += fmt.Sprintf(" %g%%", r.Percent)
 	}
 	s += " " + r.At.UTC().Format("2006-01-02 15:04")
-	if r.OK {
-		return s + " ok"
+	switch {
+	case !r.OK:
+		return s + fmt.Sprintf(" %d bad", r.BlocksBad)
+	case r.BlocksDiffering > 0:
+		return s + fmt.Sprintf(" ok, %d differ from the source", r.BlocksDiffering)
+	case r.BlocksChecked == 0 && r.Percent < 100:
+		return s + " none sampled"
 	}
-	return s + fmt.Sprintf(" %d bad", r.BlocksBad)
+	return s + " ok"
 }

@@ -502,7 +502,7 @@ func TestE2EMetaRebuild(t *testing.T) {
 			t.Errorf("%s has no last_scrub before the rebuild", uid)
 		}
 	}
-	e2eMetaSameLs(t, "after rebuild-metastore", e2eMetaLs(s), want, "last_scrub")
+	e2eMetaSameLs(t, "after rebuild-metastore", e2eMetaLs(s), want, "last_scrub", "last_deep_scrub")
 	if got := s.ok("stats", "--json").stdout; got != wantStats {
 		t.Errorf("stats after rebuild-metastore:\n%s\nwant\n%s", got, wantStats)
 	}
@@ -548,7 +548,7 @@ func TestE2EMetaRebuild(t *testing.T) {
 			t.Errorf("the metastore kept aside as %s is not the old one", res.KeptAside)
 		}
 	}
-	e2eMetaSameLs(t, "after rebuild-metastore --force", e2eMetaLs(s), want, "last_scrub")
+	e2eMetaSameLs(t, "after rebuild-metastore --force", e2eMetaLs(s), want, "last_scrub", "last_deep_scrub")
 	s.restore(v1.UID, ext)
 	s.ok("deep-scrub", "--all")
 
@@ -562,7 +562,7 @@ func TestE2EMetaRebuild(t *testing.T) {
 	} else if !bytes.Equal(e2eReadFile(t, res.KeptAside), garbage) {
 		t.Errorf("%s is not the damaged metastore", res.KeptAside)
 	}
-	e2eMetaSameLs(t, "after rebuilding a damaged metastore", e2eMetaLs(s), want, "last_scrub")
+	e2eMetaSameLs(t, "after rebuilding a damaged metastore", e2eMetaLs(s), want, "last_scrub", "last_deep_scrub")
 	s.restore(v3.UID, ext2)
 }
 

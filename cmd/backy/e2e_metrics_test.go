@@ -40,26 +40,26 @@ func TestMetricsFile(t *testing.T) {
 	v := b.backup(src, "vol", "--metrics-file", prom)
 	m := e2eMetrics(t, prom)
 	for series, want := range map[string]float64{
-		`backy_command_success{command="init"}`:           1,
-		`backy_command_success{command="backup"}`:         1,
-		`backy_command_exit_code{command="backup"}`:       0,
-		`backy_command_bytes_processed{command="backup"}`: 3 << 20,
-		`backy_store_versions`:                            1,
-		`backy_store_invalid_versions`:                    0,
-		`backy_store_blocks`:                              48,
+		`backy_command_success{command="init"}`:                        1,
+		`backy_command_success{command="backup",volume="vol"}`:         1,
+		`backy_command_exit_code{command="backup",volume="vol"}`:       0,
+		`backy_command_bytes_processed{command="backup",volume="vol"}`: 3 << 20,
+		`backy_store_versions`:                                         1,
+		`backy_store_invalid_versions`:                                 0,
+		`backy_store_blocks`:                                           48,
 	} {
 		if got, ok := m[series]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)
 		}
 	}
-	if m[`backy_command_last_run_timestamp_seconds{command="backup"}`] == 0 || m[`backy_command_duration_seconds{command="backup"}`] <= 0 {
+	if m[`backy_command_last_run_timestamp_seconds{command="backup",volume="vol"}`] == 0 || m[`backy_command_duration_seconds{command="backup",volume="vol"}`] <= 0 {
 		t.Errorf("no time figures for backup: %v", m)
 	}
 	// A failing command records its exit code; the others stay.
 	b.fail(exitNotFound, "--metrics-file", prom, "restore", "Vnosuch", b.path("x.img"))
 	b.restore(v.UID, src, "--metrics-file", prom)
 	m = e2eMetrics(t, prom)
-	if m[`backy_command_success{command="restore"}`] != 1 || m[`backy_command_success{command="backup"}`] != 1 {
+	if m[`backy_command_success{command="restore"}`] != 1 || m[`backy_command_success{command="backup",volume="vol"}`] != 1 {
 		t.Errorf("after a failed and a good restore: %v", m)
 	}
 	if m[`backy_command_bytes_processed{command="restore"}`] != 3<<20 {

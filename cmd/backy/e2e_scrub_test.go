@@ -29,10 +29,16 @@ type e2eScrubResult struct {
 		ID      string `json:"id"`
 		Kind    string `json:"kind"`
 	} `json:"failures"`
-	FailuresTotal   int64    `json:"failures_total"`
-	InvalidVersions []string `json:"invalid_versions"`
-	BlocksHealed    int64    `json:"blocks_healed"`
-	ValidVersions   []string `json:"valid_versions"`
+	FailuresTotal int64 `json:"failures_total"`
+	Differences   []struct {
+		Version string `json:"version"`
+		Index   int64  `json:"index"`
+		Kind    string `json:"kind"`
+	} `json:"differences"`
+	DifferencesTotal int64    `json:"differences_total"`
+	InvalidVersions  []string `json:"invalid_versions"`
+	BlocksHealed     int64    `json:"blocks_healed"`
+	ValidVersions    []string `json:"valid_versions"`
 }
 
 type e2eScrubVersion struct {
@@ -183,9 +189,10 @@ func TestScrubE2E(t *testing.T) {
 	other := b.path("other.img")
 	e2eCopy(t, img, other)
 	e2eWriteAt(t, other, 9*e2eMiB, []byte("not zero"))
-	r = e2eDecode[e2eScrubResult](t, e2eScrubJSONFail(b, "deep-scrub", v1.UID, "--source", other, "--json"))
-	if r.FailuresTotal != 1 || r.Failures[0].Kind != "source" || r.Failures[0].Index != 2 || len(r.InvalidVersions) != 0 {
-		t.Errorf("deep-scrub against a changed source: %+v", r)
+	res = b.run("deep-scrub", v1.UID, "--source", other, "--json")
+	r = e2eDecode[e2eScrubResult](t, res)
+	if res.code != 65 || r.FailuresTotal != 0 || r.DifferencesTotal != 1 || r.Differences[0].Kind != "source" || r.Differences[0].Index != 2 || len(r.InvalidVersions) != 0 {
+		t.Errorf("deep-scrub against a changed source: %+v\n%v", r, res)
 	}
 	b.fail(65, "deep-scrub", v1.UID, "--source", objs[2])
 

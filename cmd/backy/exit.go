@@ -86,7 +86,7 @@ func exitCode(err error) int {
 		return exitDamage
 	case errors.Is(err, scrub.ErrOptions), errors.Is(err, replicate.ErrOptions):
 		return exitUsage
-	case errors.Is(err, scrub.ErrSourceSize):
+	case errors.Is(err, scrub.ErrSourceSize), errors.Is(err, scrub.ErrDiffers):
 		return exitDataErr
 	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged),
 		errors.Is(err, replicate.ErrBlockSize), errors.Is(err, manifest.ErrInvalid), errors.Is(err, transfer.ErrOtherStore),
@@ -155,6 +155,9 @@ func (e *env) reportError(err error, code int) {
 	msg = strings.TrimPrefix(msg, errUsage.Error()+": ")
 	if h := hint(err, code); h != "" && !strings.Contains(msg, h) {
 		msg += "; " + h
+	}
+	if e.fileLog != nil { // the audit trail: every failure, at ERROR
+		e.fileLog.Error("command failed", "command", e.metrics.command, "exit_code", code, "err", msg)
 	}
 	if e.json {
 		b, _ := json.Marshal(map[string]any{"error": msg, "exit_code": code})

@@ -26,6 +26,7 @@ func run(args []string) int {
 		return runSalvage(ctx, args[2:], os.Stdout, os.Stderr)
 	}
 	env := &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	defer env.close() // after the metrics and the error are logged
 	app := newApp(env)
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err == nil && env.unknownCommand != "" {

@@ -22,7 +22,9 @@ import (
 type metrics struct {
 	file    string // --metrics-file, "" = none
 	command string
-	start   time.Time
+	// volume labels the samples of a per-volume command (backup).
+	volume string
+	start  time.Time
 	// Set by commands that process data.
 	bytesProcessed int64
 	blocksChecked  int64
@@ -46,12 +48,19 @@ var metricDefs = []struct{ name, typ, help string }{
 }
 
 // writeMetrics updates the metrics file after a command: the samples of
-// this command (label command="...") and the store-wide gauges are
-// replaced, samples of other commands are kept, so that one file can serve
-// the nightly backup, scrub, enforce and cleanup jobs. The file is
-// replaced atomically (temp file, fsync, rename), as node_exporter's
-// textfile collector requires, under a lock that serialises concurrent
-// backy processes.
+// this command (label command="...", and volume="..." for a backup) and
+// the store-wide gauges are replaced, samples of other commands are kept,
+// so that one file can serve the nightly backup, scrub, enforce and
+// cleanup jobs. The file is replaced atomically (temp file, fsync,
+// rename), as node_exporter's textfile collector requires, under a lock
+// that serialises concurrent backy processes.
+//
+// node_exporter refuses a series that two files repeat. A backup writes
+// the store-wide gauges only into a file that a store-wide command (any
+// other) writes too, as one file for all jobs (backy.cron) is; into a file
+// of its own (one per volume, as the systemd units have) it writes only
+// its volume's samples, and drops store gauges and unlabelled backup
+// samples that an older backy left there.
 func (e *env) writeMetrics(code int) error {
 	m := e.metrics
 	if m.file == "" || m.command == "" {
@@ -75,13 +84,35 @@ func (e *env) writeMetrics(code int) error {
 		samples[name][labels] = fmt.Sprint(v)
 	}
 	lbl := fmt.Sprintf(`{command=%q}`, m.command)
+	storeWide := true
+	if m.volume != "" {
+		lbl = fmt.Sprintf(`{command=%q,volume="%s"}`, m.command, promEscape(m.volume))
+		// Unlabelled samples of this command are an older backy's.
+		legacy := fmt.Sprintf(`{command=%q}`, m.command)
+		for _, vals := range samples {
+			delete(vals, legacy)
+		}
+		storeWide = false
+		for k := range samples["backy_command_success"] {
+			if !strings.Contains(k, `,volume="`) {
+				storeWide = true // a store-wide command writes this file too
+			}
+		}
+		if !storeWide {
+			for _, d := range metricDefs {
+				if strings.HasPrefix(d.name, "backy_store_") {
+					delete(samples, d.name)
+				}
+			}
+		}
+	}
 	set("backy_command_success", lbl, btoi(code == exitOK))
 	set("backy_command_exit_code", lbl, code)
 	set("backy_command_last_run_timestamp_seconds", lbl, time.Now().Unix())
 	set("backy_command_duration_seconds", lbl, fmt.Sprintf("%.3f", time.Since(m.start).Seconds()))
 	set("backy_command_bytes_processed", lbl, m.bytesProcessed)
 	set("backy_command_blocks_checked", lbl, m.blocksChecked)
-	if e.cfg != nil {
+	if e.cfg != nil && storeWide {
 		if st, err := storeGauges(e.cfg.Meta.Path); err == nil {
 			for name, v := range st {
 				set(name, "", v)
@@ -111,6 +142,11 @@ func (e *env) writeMetrics(code int) error {
 		}
 	}
 	return atomicWrite(m.file, b.Bytes())
+}
+
+// promEscape escapes a label value for the text format.
+func promEscape(v string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(v)
 }
 
 func btoi(b bool) int {

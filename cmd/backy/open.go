@@ -38,6 +38,9 @@ type env struct {
 	json           bool
 	log            *slog.Logger
 	logFile        *os.File
+	// fileLog logs to log_file only (nil without one): failures, which
+	// stderr gets as the one 'backy:' line.
+	fileLog        *slog.Logger
 	cfg            *config.Config
 	isDefault      bool
 	unknownCommand string
@@ -95,7 +98,9 @@ func (e *env) setup(c *cli.Context) error {
 		e.logFile = f
 		var fl slog.Level
 		_ = fl.UnmarshalText([]byte(cfg.Defaults.LogLevel))
-		handlers = append(handlers, slog.NewTextHandler(f, &slog.HandlerOptions{Level: fl}))
+		fh := slog.NewTextHandler(f, &slog.HandlerOptions{Level: fl})
+		handlers = append(handlers, fh)
+		e.fileLog = slog.New(fh)
 	}
 	e.log = slog.New(multiHandler(handlers))
 	for _, w := range cfg.Warnings {

@@ -388,8 +388,8 @@ func unchanged(t testing.TB, what string, db *metastore.DB, before state) {
 	}
 }
 
-// sameContent compares the versions (all fields but LastScrub when
-// noScrub), their maps and records, and the block totals of two
+// sameContent compares the versions (all fields but LastScrub and
+// LastDeepScrub when noScrub), their maps and records, and the block totals of two
 // metastores.
 func sameContent(t testing.TB, got, want state, noScrub bool) {
 	t.Helper()
@@ -398,7 +398,7 @@ func sameContent(t testing.TB, got, want state, noScrub bool) {
 		for _, v := range vs {
 			c := *v
 			if noScrub {
-				c.LastScrub = nil
+				c.LastScrub, c.LastDeepScrub = nil, nil
 			}
 			out = append(out, c)
 		}
