@@ -328,7 +328,8 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 				return err
 			}
 			e.log.Info("metastore rebuilt", "metastore", e.cfg.Meta.Path, "versions", res.Versions, "unreadable", res.Unreadable,
-				"older_snapshots", res.OlderSnapshots, "block_records", res.Records, "kept_aside", res.KeptAside)
+				"older_snapshots", res.OlderSnapshots, "block_records", res.Records, "kept_aside", res.KeptAside,
+				"recovered_from_old_metastore", res.Recovered, "lost", len(res.Lost))
 			// Versions whose snapshots disagreed, or that came from the
 			// old metastore, get fresh ones.
 			s, err := e.openExisting(ctx)
