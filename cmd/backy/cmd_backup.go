@@ -111,7 +111,7 @@ func cmdBackup(e *env) *cli.Command {
 			}
 			// The version's metadata goes beside its blocks; a failure
 			// is reported after the result (the version is complete).
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(c.Context, v.UID)
 			if e.json {
 				if err := ui.JSON(e.stdout, v); err != nil {
 					return err

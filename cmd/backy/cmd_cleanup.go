@@ -53,6 +53,9 @@ func cmdCleanup(e *env) *cli.Command {
 				e.log.Warn("the data backend holds versions this metastore does not know (or newer states of them); their blocks are kept: import them with 'backy rebuild-metastore' or 'backy import', or remove their metadata",
 					"versions", prot.Versions, "objects_kept", len(prot.Names))
 			}
+			if len(prot.Stale) > 0 {
+				e.log.Warn("the metadata of these versions in the data backend could not be brought up to date; the objects its older copies name are kept", "versions", prot.Stale)
+			}
 			if len(prot.Unreadable) > 0 {
 				e.log.Warn("the data backend holds unreadable metadata of versions this metastore does not know", "versions", prot.Unreadable)
 			}

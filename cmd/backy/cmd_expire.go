@@ -37,7 +37,7 @@ func cmdExpire(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(c.Context, uid)
 			if e.json {
 				err = ui.JSON(e.stdout, v)
 			} else {

@@ -144,7 +144,7 @@ func cmdImport(e *env) *cli.Command {
 				return err
 			}
 			wlk.Unlock()
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(c.Context, res.Versions...)
 			if e.json {
 				if err := ui.JSON(e.stdout, res); err != nil {
 					return err

@@ -31,7 +31,7 @@ func cmdProtect(e *env, protect bool) *cli.Command {
 				}
 				out = append(out, v)
 			}
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(c.Context, c.Args().Slice()...)
 			if e.json {
 				if err := ui.JSON(e.stdout, out); err != nil {
 					return err

@@ -55,6 +55,8 @@ type store struct {
 	// stores opened for it besides st.
 	cat   *catalog.Catalog
 	extra []*blockstore.Store
+	// lastSync is what the last syncMeta wrote and failed to write.
+	lastSync catalog.SyncResult
 }
 
 func (s *store) Close() {
