@@ -38,12 +38,14 @@ func cmdBackup(e *env) *cli.Command {
 				return err
 			}
 			srcSpec, volume := c.Args().Get(0), c.Args().Get(1)
-			if strings.TrimSpace(volume) == "" {
-				return usageErr("the volume name is empty: name the disk, e.g. vm-101-disk-0")
-			}
 			labels, err := parseLabels(c.StringSlice("label"))
 			if err != nil {
 				return err
+			}
+			// Before anything is written: names the version's metadata in
+			// the data backend could not hold are refused.
+			if err := versions.ValidateNames(volume, c.String("snapshot"), labels); err != nil {
+				return usageErr("%v", err)
 			}
 			var expire *time.Time
 			if c.IsSet("expire") {
