@@ -219,6 +219,7 @@ func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, creat
 			Profile:            c.Profile,
 			ConnectTimeout:     c.ConnectTimeout,
 			RequestTimeout:     c.RequestTimeout,
+			RetryFor:           retryFor(c.RetryFor),
 			MaxAttempts:        c.MaxAttempts,
 			SimultaneousReads:  cfg.Data.SimultaneousReads,
 			SimultaneousWrites: cfg.Data.SimultaneousWrites,
@@ -229,6 +230,15 @@ func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, creat
 		})
 	}
 	return nil, fmt.Errorf("%w: [DataBackend] type %q is not supported (supported: file, s3)", config.ErrInvalid, cfg.Data.Type)
+}
+
+// retryFor maps the configured retry_for (0: no retries) to the S3
+// backend's option (0: the default, negative: no retries).
+func retryFor(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // ioWorkers is the worker count of engines whose workers each wait on
