@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/backy/backy/blockstore"
+	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/versions/catalog"
 )
 
@@ -59,11 +60,25 @@ func (s *store) catalog(ctx context.Context) (*catalog.Catalog, error) {
 func (s *store) syncMeta(ctx context.Context, own ...string) error {
 	s.lastSync = catalog.SyncResult{}
 	// Most commands change nothing that needs writing: no keys then.
-	if pending, err := s.db.PendingSnapshots(); err == nil && len(pending) == 0 {
+	pending, err := s.db.PendingSnapshots()
+	if err == nil && len(pending) == 0 {
 		return nil
 	}
 	const later = "what the command did is recorded in the metastore; the next command that reaches the data backend writes the metadata again"
+	// A metadata-only command (protect, expire) whose data backend is
+	// unreachable has done its work: the change waits in the metastore.
+	unreached := func(cause error) error {
+		s.e.log.Warn("the data backend could not be reached: the change is recorded in the metastore, and its metadata will be written to the data backend by the next command that reaches it",
+			"versions", pending, "err", cause)
+		return nil
+	}
+	if s.be == nil {
+		return unreached(s.beDown)
+	}
 	cat, err := s.catalog(ctx)
+	if err != nil && s.e.metaOnly && errors.Is(err, backend.ErrUnavailable) && ctx.Err() == nil {
+		return unreached(err)
+	}
 	if err != nil {
 		if len(own) == 0 && ctx.Err() == nil {
 			s.e.log.Warn("version metadata could not be written to the data backend ("+later+")", "err", err)
@@ -81,6 +96,9 @@ func (s *store) syncMeta(ctx context.Context, own ...string) error {
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w: %w (%s)", errMetaSync, ctx.Err(), later)
+	}
+	if s.e.metaOnly && errors.Is(err, backend.ErrUnavailable) {
+		return unreached(err)
 	}
 	mine := map[string]bool{}
 	for _, uid := range own {
