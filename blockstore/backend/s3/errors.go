@@ -158,6 +158,17 @@ func (e deniedError) Unwrap() []error {
 // no retry fixes: denied access wraps fs.ErrPermission, and every HTTP 4xx
 // but a missing object is permanent.
 func (b *Backend) opErr(op, name string, err error) error {
+	// How long the request was retried, for the message; the retry
+	// loop's wrapper itself goes.
+	tries := ""
+	if g, ok := err.(*gaveUp); ok {
+		plural := "s"
+		if g.attempts == 1 {
+			plural = ""
+		}
+		tries = fmt.Sprintf(" after %d attempt%s in %v", g.attempts, plural, g.elapsed().Round(100*time.Millisecond))
+		err = g.err
+	}
 	switch {
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		var at *attemptTimeout
@@ -175,17 +186,7 @@ func (b *Backend) opErr(op, name string, err error) error {
 	case status >= 400 && status < 500 && !transient(err):
 		err = backend.Permanent(err)
 	case status == 0 && unreachable(err):
-		tries := ""
-		var g *gaveUp
-		if errors.As(err, &g) {
-			tries = fmt.Sprintf(" after %d attempt(s) in %v", g.attempts, g.elapsed().Round(time.Second))
-			err = g.err
-		}
 		err = fmt.Errorf("%w: cannot reach %s%s (is the server up? check [DataBackend] endpoint; retry_for sets how long backy retries): %w", backend.ErrUnavailable, b.endpointName(), tries, err)
-	}
-	var g *gaveUp
-	if errors.As(err, &g) {
-		err = g.err
 	}
 	return fmt.Errorf("s3 backend: %s %q: %w", op, name, err)
 }
