@@ -170,6 +170,19 @@ func TestIssue13SnapshotScrub(t *testing.T) {
 		b.ok("unprotect", v1.UID)
 	})
 
+	t.Run("cleanup", func(t *testing.T) {
+		// cleanup lists versions/ anyway: a deleted snapshot the
+		// metastore recorded is written again by it too.
+		if err := os.Remove(b.e2eSnapChunks(v1.UID)[0]); err != nil {
+			t.Fatal(err)
+		}
+		r := b.ok("cleanup")
+		if !strings.Contains(r.stderr, v1.UID) {
+			t.Errorf("cleanup does not say it writes v1's metadata again:\n%v", r)
+		}
+		rewritten("cleanup")
+	})
+
 	// v2 was never touched.
 	if got := b.e2eSnapChunks(v2.UID); len(got) != 1 {
 		t.Errorf("v2 has snapshot chunks %v", got)

@@ -622,6 +622,11 @@ type Protection struct {
 	// snapshots in the backend name are kept too, since a rebuild would
 	// take the version from one of them.
 	Stale []string
+	// Missing lists complete versions whose snapshot the metastore
+	// recorded as current but the listing does not hold whole (deleted,
+	// chunks lost): the caller marks them stale so that the next sync
+	// writes them again (metastore.MarkSnapshotStale).
+	Missing []string
 }
 
 // Keep reports whether name must be kept.
@@ -662,10 +667,21 @@ func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection,
 		return nil, err
 	}
 	inDB := map[string]bool{}
+	p := &Protection{Names: map[block.Name]struct{}{}}
 	for _, v := range vs {
 		inDB[v.UID] = true
+		if st := known[v.UID]; v.Status != metastore.StatusIncomplete && !v.Removing && !stale[v.UID] && st.Gen > 0 {
+			whole := false
+			for _, r := range all[v.UID] {
+				if r.Gen == st.Gen && r.Tag == st.Tag && r.Contiguous {
+					whole = true
+				}
+			}
+			if !whole {
+				p.Missing = append(p.Missing, v.UID)
+			}
+		}
 	}
-	p := &Protection{Names: map[block.Name]struct{}{}}
 	uids := make([]string, 0, len(all))
 	for uid := range all {
 		uids = append(uids, uid)

@@ -200,3 +200,30 @@ func TestCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestProtectedFindsMissing: the listing Protected makes anyway shows a
+// current snapshot that is gone; a stale one is not reported (the next
+// Sync writes it), and a pending version's old snapshot keeps its objects.
+func TestProtectedFindsMissing(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	v1 := f.backup(image(41, 4*bs), "vol")
+	v2 := f.backup(image(42, 4*bs), "vol")
+	f.write(v1.UID)
+	f.write(v2.UID)
+	r1 := f.refs(v1.UID)[0]
+	if err := f.inner.Delete(ctx, r1.Dir()+"00000000"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := f.cat.Protected(ctx, f.db)
+	if err != nil || !slices.Equal(p.Missing, []string{v1.UID}) || len(p.Stale) != 0 {
+		t.Fatalf("Protected = %+v, %v; want %s missing", p, err, v1.UID)
+	}
+	// v2 changed and its new snapshot could not be written: not missing,
+	// but stale, and the objects its old snapshot names are kept.
+	f.protect(v2.UID)
+	p, err = f.cat.Protected(ctx, f.db)
+	if err != nil || !slices.Equal(p.Missing, []string{v1.UID}) || !slices.Equal(p.Stale, []string{v2.UID}) || len(p.Names) == 0 {
+		t.Fatalf("Protected = %+v, %v; want %s missing, %s stale with names kept", p, err, v1.UID, v2.UID)
+	}
+}
