@@ -15,6 +15,7 @@ import (
 
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/blockstore/object"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/manifest"
 )
@@ -134,6 +135,12 @@ func (c *Catalog) check(ctx context.Context, db *metastore.DB, v *metastore.Vers
 	if err != nil {
 		if Skippable(err) {
 			return CheckResult{State: StateDamaged, Reason: fmt.Sprintf("its metadata snapshot %s does not read: %v", dir, err)}, nil
+		}
+		if errors.Is(err, object.ErrNoKey) && ctx.Err() == nil {
+			// Sealed under a key no longer configured: rebuild-metastore
+			// could not read it either. Written again, it is sealed at the
+			// configured encryption version.
+			return CheckResult{State: StateDamaged, Reason: fmt.Sprintf("its metadata snapshot %s cannot be opened with the configured keys (rebuild-metastore could not read it): %v", dir, err)}, nil
 		}
 		return CheckResult{}, fmt.Errorf("reading the metadata of version %s from the backend: %w", v.UID, err)
 	}

@@ -227,3 +227,22 @@ func TestProtectedFindsMissing(t *testing.T) {
 		t.Fatalf("Protected = %+v, %v; want %s missing, %s stale with names kept", p, err, v1.UID, v2.UID)
 	}
 }
+
+// TestCheckKeyGone: a snapshot sealed under a key no longer configured is
+// reported (a rebuild could not read it), so that it is written again at
+// the configured encryption version.
+func TestCheckKeyGone(t *testing.T) {
+	f := newFixture(t, true)
+	v := f.backup(image(51, 5*bs), "vol")
+	f.write(v.UID)
+	o := f.opts
+	o.Keys, o.Key = keys{}, nil
+	cat := catalog.New(f.store(f.inner, o), "catalog test", nil)
+	r, err := cat.Check(context.Background(), f.db, v.UID, true)
+	if err != nil || r.State != catalog.StateDamaged || !strings.Contains(r.Reason, "configured keys") {
+		t.Errorf("Check without the key = %+v, %v; want damaged: cannot be opened with the configured keys", r, err)
+	}
+	if r, err := cat.Check(context.Background(), f.db, v.UID, false); err != nil || r.State != catalog.StateOK {
+		t.Errorf("a listing needs no key: %+v, %v", r, err)
+	}
+}
