@@ -169,6 +169,42 @@ func (db *DB) SetSnapshot(uid string, gen uint64, tag uint32) (bool, error) {
 	return recorded, err
 }
 
+// SnapshotOf returns version uid, its snapshot bookkeeping and whether
+// its snapshot in the backend is stale (missing, or older than the
+// version's last change or the last switch of a record's object), read in
+// one transaction.
+func (db *DB) SnapshotOf(uid string) (*Version, SnapshotState, bool, error) {
+	var v *Version
+	var s SnapshotState
+	var isStale bool
+	err := db.view(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bktVersions).Get([]byte(uid))
+		if raw == nil {
+			return fmt.Errorf("%w: %s", ErrVersionNotFound, uid)
+		}
+		var err error
+		if v, err = decodeVersion([]byte(uid), raw); err != nil {
+			return err
+		}
+		s = decodeVMeta(tx.Bucket(bktVMeta).Get([]byte(uid)))
+		isStale = stale(s, getU64(tx.Bucket(bktMeta), keyRecordsGen))
+		return nil
+	})
+	return v, s, isStale, err
+}
+
+// MarkSnapshotStale records that version uid's snapshot in the backend
+// must be written again (a scrub found it missing or damaged): the next
+// Sync writes it.
+func (db *DB) MarkSnapshotStale(uid string) error {
+	return db.update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bktVersions).Get([]byte(uid)) == nil {
+			return fmt.Errorf("%w: %s", ErrVersionNotFound, uid)
+		}
+		return markChanged(tx, uid)
+	})
+}
+
 // Snapshots returns the snapshot bookkeeping of every version that has
 // an entry.
 func (db *DB) Snapshots() (map[string]SnapshotState, error) {

@@ -42,6 +42,18 @@ const (
 	// FailSource: the block differs from the source image (listed in
 	// Result.Differences, not a failure: it marks nothing).
 	FailSource = "source"
+	// FailSnapshot: the version's metadata snapshot in the data backend is
+	// missing or damaged (Options.Snapshot).
+	FailSnapshot = "snapshot"
+)
+
+// States of a version's metadata snapshot (VersionResult.Snapshot), as
+// package catalog's Check reports them.
+const (
+	SnapshotOK      = "ok"
+	SnapshotPending = "pending"
+	SnapshotMissing = "missing"
+	SnapshotDamaged = "damaged"
 )
 
 // Results of a version (VersionResult.Result), the worst first.
@@ -121,7 +133,16 @@ type Options struct {
 	Source Source
 	// Workers check blocks in parallel; 0 = 2 x GOMAXPROCS + 4 (deep) or
 	// 16 (scrub: stat calls wait on the backend).
-	Workers  int
+	Workers int
+	// Snapshot, if set, checks the version's metadata snapshot in the
+	// data backend (catalog.Check, deep or not as the scrub) while the
+	// version is locked, and returns one of the Snapshot* states with a
+	// reason. A missing or damaged snapshot is a failure (FailSnapshot):
+	// the version's snapshot is marked stale in the metastore
+	// (MarkSnapshotStale), so the next sync writes it again, and listed in
+	// Result.SnapshotsBad. It marks nothing invalid: the metastore holds
+	// the version whole.
+	Snapshot func(ctx context.Context, uid string) (state, reason string, err error)
 	Progress func(Progress)
 	Logger   *slog.Logger
 	Now      func() time.Time
@@ -164,6 +185,9 @@ type VersionResult struct {
 	BlocksChecked   int64 `json:"blocks_checked"`
 	BlocksBad       int64 `json:"blocks_bad"`
 	BlocksDiffering int64 `json:"blocks_differing"`
+	// Snapshot is the state of the version's metadata snapshot in the
+	// data backend (SnapshotOK, ...; "" when not checked).
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // Window is the part of the sampling rotation a run checked, in percent
@@ -205,8 +229,12 @@ type Result struct {
 	InvalidVersions []string `json:"invalid_versions,omitempty"`
 	// BlocksHealed counts blocks marked invalid that a deep-scrub found
 	// intact (now valid); ValidVersions the versions made valid again.
-	BlocksHealed    int64    `json:"blocks_healed"`
-	ValidVersions   []string `json:"valid_versions,omitempty"`
+	BlocksHealed  int64    `json:"blocks_healed"`
+	ValidVersions []string `json:"valid_versions,omitempty"`
+	// SnapshotsBad are the versions whose metadata snapshot in the data
+	// backend was found missing or damaged (marked stale: the next sync
+	// writes them from the metastore).
+	SnapshotsBad    []string `json:"snapshots_bad,omitempty"`
 	DurationSeconds float64  `json:"duration_seconds"`
 }
 
@@ -381,6 +409,7 @@ func (r *run) finish(start time.Time) *Result {
 	slices.Sort(r.res.ValidVersions)
 	slices.SortFunc(r.res.Versions, func(a, b VersionResult) int { return cmp.Compare(a.UID, b.UID) })
 	slices.SortFunc(r.res.Skipped, func(a, b Skipped) int { return cmp.Compare(a.UID, b.UID) })
+	slices.Sort(r.res.SnapshotsBad)
 	r.res.DurationSeconds = time.Since(start).Seconds()
 	return r.res
 }
@@ -574,6 +603,9 @@ func (r *run) version(ctx context.Context, uid string) error {
 	bs, size, nBlk := v.BlockSize, v.Size, v.Blocks()
 	vs := &vstate{}
 	vr := VersionResult{UID: uid, Volume: v.Volume}
+	if err := r.snapshot(ctx, uid, &vr); err != nil {
+		return err
+	}
 	meta := func(idx int64, id block.ID, format string, args ...any) {
 		f := Failure{Version: uid, Index: idx, Kind: FailMetadata, Reason: fmt.Sprintf(format, args...)}
 		if !id.IsSparse() {
@@ -787,6 +819,30 @@ func (r *run) version(ctx context.Context, uid string) error {
 	vr.Status = now.Status
 	r.mu.Lock()
 	r.res.Versions = append(r.res.Versions, vr)
+	r.mu.Unlock()
+	return nil
+}
+
+// snapshot checks the version's metadata snapshot in the data backend
+// (Options.Snapshot) and marks a missing or damaged one stale.
+func (r *run) snapshot(ctx context.Context, uid string, vr *VersionResult) error {
+	if r.o.Snapshot == nil {
+		return nil
+	}
+	state, reason, err := r.o.Snapshot(ctx, uid)
+	if err != nil {
+		return fmt.Errorf("checking the metadata of version %s in the data backend: %w", uid, err)
+	}
+	vr.Snapshot = state
+	if state != SnapshotMissing && state != SnapshotDamaged {
+		return nil
+	}
+	r.fail(Failure{Version: uid, Index: -1, Kind: FailSnapshot, Reason: reason})
+	if err := r.db.MarkSnapshotStale(uid); err != nil {
+		return fmt.Errorf("recording that the metadata of version %s must be written again: %w", uid, err)
+	}
+	r.mu.Lock()
+	r.res.SnapshotsBad = append(r.res.SnapshotsBad, uid)
 	r.mu.Unlock()
 	return nil
 }

@@ -38,12 +38,14 @@ func cmdBackup(e *env) *cli.Command {
 				return err
 			}
 			srcSpec, volume := c.Args().Get(0), c.Args().Get(1)
-			if strings.TrimSpace(volume) == "" {
-				return usageErr("the volume name is empty: name the disk, e.g. vm-101-disk-0")
-			}
 			labels, err := parseLabels(c.StringSlice("label"))
 			if err != nil {
 				return err
+			}
+			// Before anything is written: names the version's metadata in
+			// the data backend could not hold are refused.
+			if err := versions.ValidateNames(volume, c.String("snapshot"), labels); err != nil {
+				return usageErr("%v", err)
 			}
 			var expire *time.Time
 			if c.IsSet("expire") {
@@ -113,7 +115,7 @@ func cmdBackup(e *env) *cli.Command {
 				"bytes_written", v.BytesWritten, "bytes_deduplicated", v.BytesDeduplicated, "bytes_sparse", v.BytesSparse, "seconds", v.DurationSeconds)
 			// The version's metadata goes beside its blocks; a failure
 			// is reported after the result (the version is complete).
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(c.Context, v.UID)
 			if e.json {
 				if err := ui.JSON(e.stdout, v); err != nil {
 					return err

@@ -53,6 +53,22 @@ func cmdCleanup(e *env) *cli.Command {
 				e.log.Warn("the data backend holds versions this metastore does not know (or newer states of them); their blocks are kept: import them with 'backy rebuild-metastore' or 'backy import', or remove their metadata",
 					"versions", prot.Versions, "objects_kept", len(prot.Names))
 			}
+			if len(prot.Missing) > 0 {
+				// Seen in the listing for free: the metadata the metastore
+				// recorded is gone from the backend. Write it again.
+				for _, uid := range prot.Missing {
+					if err := s.db.MarkSnapshotStale(uid); err != nil {
+						return fmt.Errorf("nothing was deleted: %w", err)
+					}
+				}
+				e.log.Warn("the metadata of these versions was missing in the data backend (run 'backy scrub --all' to check the others); writing it again from the metastore", "versions", prot.Missing)
+				if err := s.syncMeta(c.Context); err != nil {
+					return fmt.Errorf("nothing was deleted: %w", err)
+				}
+			}
+			if len(prot.Stale) > 0 {
+				e.log.Warn("the metadata of these versions in the data backend could not be brought up to date; the objects its older copies name are kept", "versions", prot.Stale)
+			}
 			if len(prot.Unreadable) > 0 {
 				e.log.Warn("the data backend holds unreadable metadata of versions this metastore does not know", "versions", prot.Unreadable)
 			}

@@ -159,7 +159,15 @@ func (e *env) runCopy(c *cli.Context, to string, o replicate.Options) (*replicat
 	rep, err := replicate.Run(ctx, src, dst, o)
 	prog.Done()
 	if !o.DryRun {
-		if serr := ts.syncMeta(ctx); serr != nil && err == nil {
+		var copied []string
+		if rep != nil {
+			for _, r := range rep.Versions {
+				if r.TargetStatus != "" {
+					copied = append(copied, r.UID)
+				}
+			}
+		}
+		if serr := ts.syncMeta(ctx, copied...); serr != nil && err == nil {
 			err = fmt.Errorf("target store: %w", serr)
 		}
 	}

@@ -20,7 +20,7 @@ func cmdExpire(e *env) *cli.Command {
 			"in --timezone), or never. Until that date enforce keeps the version whatever its rules say; from then\n" +
 			"on it removes it whatever they say, unless the version is protected.",
 		Flags: []cli.Flag{timezoneFlag("time zone of a YYYY-MM-DD date")},
-		Action: e.withStore(2, 2, "VERSION DATE", func(c *cli.Context, s *store) error {
+		Action: e.withMetaStore(2, 2, "VERSION DATE", func(c *cli.Context, s *store) error {
 			uid := c.Args().Get(0)
 			loc, err := loadZone(c, e)
 			if err != nil {
@@ -38,7 +38,7 @@ func cmdExpire(e *env) *cli.Command {
 				return err
 			}
 			e.log.Info("expiry date set", "version", v.UID, "expire", expireString(v.Expire))
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(c.Context, uid)
 			if e.json {
 				err = ui.JSON(e.stdout, v)
 			} else {

@@ -31,6 +31,8 @@ func cmdLs(e *env) *cli.Command {
 				}
 				return printVersions(e, vs)
 			}
+			// Metadata only: works while the data backend is unreachable.
+			e.metaOnly = true
 			s, err := e.openStore(c.Context)
 			if err != nil {
 				return err

@@ -162,7 +162,7 @@ func cmdImport(e *env) *cli.Command {
 				}
 			}
 			e.log.Info("versions imported", "versions", res.Versions, "blocks", res.Blocks, "records", res.Records, "objects_checked", res.ObjectsChecked)
-			serr := s.syncMeta(ctx)
+			serr := s.syncMeta(ctx, res.Versions...)
 			if e.json {
 				if err := ui.JSON(e.stdout, res); err != nil {
 					return err

@@ -67,13 +67,13 @@ func cmdMigrateEncryption(e *env) *cli.Command {
 				Progress: func(p reencrypt.Progress) { prog.Update(p.Done, p.Total) },
 				// No replaced object goes before the snapshots naming it
 				// are rewritten.
-				BeforeDelete: s.syncMeta,
+				BeforeDelete: s.syncMetaAll,
 			})
 			prog.Done()
 			if res == nil {
 				return err
 			}
-			if serr := s.syncMeta(c.Context); serr != nil && err == nil {
+			if serr := s.syncMetaAll(c.Context); serr != nil && err == nil {
 				err = serr
 			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesWritten, res.Examined

@@ -307,7 +307,7 @@ func (n *nbdExport) commit(log *slog.Logger) error {
 	fmt.Fprintf(x.e.stdout, "%s\n", nv.UID)
 	x.syncMu.Lock()
 	defer x.syncMu.Unlock()
-	if err := x.s.syncMeta(ctx); err != nil {
+	if err := x.s.syncMeta(ctx, nv.UID); err != nil {
 		log.Warn("writing the new version's metadata to the data backend failed (the next command retries)", "err", err)
 	}
 	return nil

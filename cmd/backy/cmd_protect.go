@@ -19,7 +19,7 @@ func cmdProtect(e *env, protect bool) *cli.Command {
 		Name:      name,
 		Usage:     usage,
 		ArgsUsage: "VERSION...",
-		Action: e.withStore(1, -1, "one or more VERSIONs", func(c *cli.Context, s *store) error {
+		Action: e.withMetaStore(1, -1, "one or more VERSIONs", func(c *cli.Context, s *store) error {
 			var out []*metastore.Version
 			for _, uid := range c.Args().Slice() {
 				if _, err := versionArg(s.db, uid); err != nil {
@@ -32,7 +32,7 @@ func cmdProtect(e *env, protect bool) *cli.Command {
 				out = append(out, v)
 				e.log.Info("version "+name+"ed", "version", uid, "protected", v.Protected)
 			}
-			serr := s.syncMeta(c.Context)
+			serr := s.syncMeta(c.Context, c.Args().Slice()...)
 			if e.json {
 				if err := ui.JSON(e.stdout, out); err != nil {
 					return err

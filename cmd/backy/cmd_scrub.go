@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"github.com/backy/backy/cmd/backy/internal/ui"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/scrub"
+	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/source"
 )
 
@@ -95,7 +97,7 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 				defer src.Close()
 				o.Source = src
 			}
-			var st scrub.BlockStore
+			var st *blockstore.Store
 			if deep {
 				// Reading only: no write version is registered.
 				if st, err = s.blocksAt(c.Context, 0); err != nil {
@@ -103,12 +105,17 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 				}
 			} else {
 				// Stat only: no keys needed.
-				bst, err := blockstore.New(s.be, storeOptions(e.cfg))
-				if err != nil {
+				if st, err = blockstore.New(s.be, storeOptions(e.cfg)); err != nil {
 					return err
 				}
-				defer bst.Close()
-				st = bst
+				defer st.Close()
+			}
+			// Each version's metadata snapshot in the data backend: listed
+			// (scrub) or read whole and compared (deep-scrub).
+			cat := catalog.New(st, "", e.log)
+			o.Snapshot = func(ctx context.Context, uid string) (string, string, error) {
+				r, err := cat.Check(ctx, s.db, uid, deep)
+				return r.State, r.Reason, err
 			}
 			prog := ui.NewProgress(os.Stderr, name)
 			o.Progress = func(p scrub.Progress) { prog.Update(p.Done, p.Total) }
@@ -117,41 +124,79 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 			if res == nil {
 				return err
 			}
-			// Versions found damaged or healed changed status.
-			if serr := s.syncMeta(c.Context); serr != nil && err == nil {
+			// Versions found damaged or healed changed status, and missing
+			// or damaged snapshots were marked stale: all are written now.
+			serr := s.syncMeta(c.Context)
+			if serr != nil && err == nil {
 				err = serr
+			}
+			out := scrubOutput{Result: res, SnapshotsRewritten: []string{}}
+			written := map[string]bool{}
+			for _, uid := range s.lastSync.WrittenUIDs {
+				written[uid] = true
+			}
+			for _, uid := range res.SnapshotsBad {
+				if written[uid] {
+					out.SnapshotsRewritten = append(out.SnapshotsRewritten, uid)
+				} else {
+					out.SnapshotsNotRewritten = append(out.SnapshotsNotRewritten, uid)
+				}
+			}
+			if len(out.SnapshotsNotRewritten) > 0 {
+				e.log.Warn("the metadata of these versions could not be written to the data backend again; the next command that reaches it does (or run the scrub again)",
+					"versions", out.SnapshotsNotRewritten)
 			}
 			e.metrics.bytesProcessed, e.metrics.blocksChecked = res.BytesVerified, res.BlocksChecked
 			e.log.Info(res.Kind+" finished", "versions", len(res.Versions), "skipped", len(res.Skipped), "percent", res.Percent, "blocks_checked", res.BlocksChecked,
 				"bytes_verified", res.BytesVerified, "problems", res.FailuresTotal, "differences", res.DifferencesTotal, "invalid_now", res.InvalidVersions,
 				"blocks_healed", res.BlocksHealed, "valid_again", res.ValidVersions, "seconds", res.DurationSeconds)
 			if e.json {
-				if jerr := ui.JSON(e.stdout, res); jerr != nil {
+				if jerr := ui.JSON(e.stdout, out); jerr != nil {
 					return jerr
 				}
 				return err
 			}
-			printScrub(e, res)
+			printScrub(e, &out)
 			return err
 		},
 	}
 }
 
-func printScrub(e *env, res *scrub.Result) {
+// scrubOutput is what scrub prints: the engine's result and what became
+// of the metadata snapshots it found missing or damaged.
+type scrubOutput struct {
+	*scrub.Result
+	// SnapshotsRewritten are the versions of SnapshotsBad whose metadata
+	// the scrub wrote to the data backend again, from the metastore;
+	// SnapshotsNotRewritten those it could not (the next command that
+	// syncs writes them).
+	SnapshotsRewritten    []string `json:"snapshots_rewritten"`
+	SnapshotsNotRewritten []string `json:"snapshots_not_rewritten,omitempty"`
+}
+
+func printScrub(e *env, out *scrubOutput) {
+	res := out.Result
 	rows := make([][]string, 0, len(res.Versions))
 	for _, v := range res.Versions {
 		result := v.Result
 		if result == scrub.ResultDamaged || result == scrub.ResultDiffers {
 			result = strings.ToUpper(result)
 		}
-		rows = append(rows, []string{v.UID, v.Volume, fmt.Sprint(v.BlocksChecked), fmt.Sprint(v.BlocksBad), result, string(v.Status)})
+		snap := v.Snapshot
+		switch snap {
+		case scrub.SnapshotMissing, scrub.SnapshotDamaged:
+			snap = strings.ToUpper(snap)
+		case "":
+			snap = "-"
+		}
+		rows = append(rows, []string{v.UID, v.Volume, fmt.Sprint(v.BlocksChecked), fmt.Sprint(v.BlocksBad), result, snap, string(v.Status)})
 	}
 	for _, sk := range res.Skipped {
-		rows = append(rows, []string{sk.UID, "", "", "", "skipped: " + sk.Reason, ""})
+		rows = append(rows, []string{sk.UID, "", "", "", "skipped: " + sk.Reason, "", ""})
 	}
 	// One table, oldest first (uids sort by age), as 'ls' lists them.
 	slices.SortStableFunc(rows, func(a, b []string) int { return strings.Compare(a[0], b[0]) })
-	_ = ui.Table(e.stdout, []string{"UID", "VOLUME", "CHECKED", "BAD", "RESULT", "STATUS"}, rows)
+	_ = ui.Table(e.stdout, []string{"UID", "VOLUME", "CHECKED", "BAD", "RESULT", "METADATA", "STATUS"}, rows)
 	printScrubFailures(e, res.Failures, res.FailuresTotal, "KIND")
 	printScrubFailures(e, res.Differences, res.DifferencesTotal, "")
 	pct := ""
@@ -173,6 +218,12 @@ func printScrub(e *env, res *scrub.Result) {
 		line += fmt.Sprintf("; %d block(s) healed, valid again: %s", res.BlocksHealed, strings.Join(res.ValidVersions, " "))
 	}
 	fmt.Fprintln(e.stdout, line)
+	if len(out.SnapshotsRewritten) > 0 {
+		fmt.Fprintf(e.stdout, "metadata in the data backend was missing or damaged and is written again from the metastore: %s\n", strings.Join(out.SnapshotsRewritten, " "))
+	}
+	if len(out.SnapshotsNotRewritten) > 0 {
+		fmt.Fprintf(e.stdout, "metadata in the data backend is missing or damaged and could not be written again yet (the next command that reaches the data backend does): %s\n", strings.Join(out.SnapshotsNotRewritten, " "))
+	}
 }
 
 // printScrubFailures lists failures (kind column named kindCol) or,
@@ -185,7 +236,10 @@ func printScrubFailures(e *env, fs []scrub.Failure, total int64, kindCol string)
 	frows := make([][]string, 0, len(fs))
 	for _, f := range fs {
 		idx := fmt.Sprint(f.Index)
-		if f.Index < 0 {
+		switch {
+		case f.Kind == scrub.FailSnapshot:
+			idx = "-"
+		case f.Index < 0:
 			idx = "map"
 		}
 		id := f.ID

@@ -16,7 +16,7 @@ func cmdStats(e *env) *cli.Command {
 		Name:      "stats",
 		Usage:     "show the statistics of a version, or of the whole store",
 		ArgsUsage: "[VERSION]",
-		Action: e.withStore(0, 1, "at most one VERSION", func(c *cli.Context, s *store) error {
+		Action: e.withMetaStore(0, 1, "at most one VERSION", func(c *cli.Context, s *store) error {
 			if uid := c.Args().First(); uid != "" {
 				v, err := versionArg(s.db, uid)
 				if err != nil {

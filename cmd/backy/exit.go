@@ -107,7 +107,8 @@ func exitCode(err error) int {
 		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot), errors.Is(err, transfer.ErrLoss):
 		return exitNotFound
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
-		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported):
+		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported),
+		errors.Is(err, versions.ErrBadName):
 		return exitUsage
 	case errors.Is(err, syscall.EIO), errors.Is(err, backend.ErrPermanent), errors.Is(err, backend.ErrUnavailable):
 		return exitIOErr

@@ -45,7 +45,15 @@ type env struct {
 	isDefault      bool
 	unknownCommand string
 	metrics        metrics
+	// metaOnly: the command reads or changes only metadata (ls, stats,
+	// protect, unprotect, expire), so an unreachable data backend is a
+	// warning (store.beDown), not a failure.
+	metaOnly bool
 }
+
+// metaOnlyRetryFor bounds how long a metadata-only command waits for an
+// unreachable data backend before it goes on without it.
+const metaOnlyRetryFor = 10 * time.Second
 
 // store is an open store: metastore, backend and, once a command asks for
 // it (see blocks), the block store.
@@ -58,6 +66,11 @@ type store struct {
 	// stores opened for it besides st.
 	cat   *catalog.Catalog
 	extra []*blockstore.Store
+	// lastSync is what the last syncMeta wrote and failed to write.
+	lastSync catalog.SyncResult
+	// beDown is why the data backend could not be reached when a
+	// metadata-only command opened the store (be is nil then).
+	beDown error
 }
 
 func (s *store) Close() {
@@ -173,14 +186,34 @@ func configName(cfg *config.Config) string {
 }
 
 // openData opens the data backend and checks that it belongs to the
-// metastore's store.
+// metastore's store. For a metadata-only command, a backend that cannot be
+// reached (backend.ErrUnavailable, after a short retry budget) is left
+// out with a warning: s.be stays nil and s.beDown says why.
 func (e *env) openData(ctx context.Context, s *store) error {
-	be, err := newBackend(ctx, e.cfg, e.log, false)
-	if err != nil {
-		return err
+	cfg := e.cfg
+	if e.metaOnly && cfg.Data.Type == "s3" {
+		c := *cfg
+		if c.Data.S3.RetryFor > metaOnlyRetryFor {
+			c.Data.S3.RetryFor = metaOnlyRetryFor
+		}
+		cfg = &c
 	}
-	s.be = be
-	id, err := blockstore.ReadIdentity(ctx, be)
+	be, err := newBackend(ctx, cfg, e.log, false)
+	var id blockstore.Identity
+	if err == nil {
+		s.be = be
+		id, err = blockstore.ReadIdentity(ctx, be)
+	}
+	if err != nil && e.metaOnly && errors.Is(err, backend.ErrUnavailable) && ctx.Err() == nil {
+		if s.be != nil {
+			_ = s.be.Close()
+			s.be = nil
+		}
+		s.beDown = err
+		e.log.Warn("the data backend could not be reached, so it was not checked; going on with the metastore alone",
+			"data", dataLocation(e.cfg), "err", err)
+		return nil
+	}
 	if err != nil {
 		if errors.Is(err, blockstore.ErrNoIdentity) {
 			return fmt.Errorf("%w: %w; check [DataBackend] path in %s", errStoreMismatch, err, configName(e.cfg))
@@ -222,6 +255,7 @@ func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, creat
 			Profile:            c.Profile,
 			ConnectTimeout:     c.ConnectTimeout,
 			RequestTimeout:     c.RequestTimeout,
+			RetryFor:           retryFor(c.RetryFor),
 			MaxAttempts:        c.MaxAttempts,
 			SimultaneousReads:  cfg.Data.SimultaneousReads,
 			SimultaneousWrites: cfg.Data.SimultaneousWrites,
@@ -232,6 +266,15 @@ func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, creat
 		})
 	}
 	return nil, fmt.Errorf("%w: [DataBackend] type %q is not supported (supported: file, s3)", config.ErrInvalid, cfg.Data.Type)
+}
+
+// retryFor maps the configured retry_for (0: no retries) to the S3
+// backend's option (0: the default, negative: no retries).
+func retryFor(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // ioWorkers is the worker count of engines whose workers each wait on
@@ -365,6 +408,17 @@ func (e *env) withStore(min, max int, usage string, fn func(*cli.Context, *store
 		}
 		defer s.Close()
 		return fn(c, s)
+	}
+}
+
+// withMetaStore is withStore for a command that reads or changes only
+// metadata: it works while the data backend is unreachable (see
+// openData; syncMeta then leaves the changes pending, saying so).
+func (e *env) withMetaStore(min, max int, usage string, fn func(*cli.Context, *store) error) cli.ActionFunc {
+	inner := e.withStore(min, max, usage, fn)
+	return func(c *cli.Context) error {
+		e.metaOnly = true
+		return inner(c)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
+	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/hints"
 	"github.com/backy/backy/versions/source"
 )
@@ -160,8 +161,12 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 	if o.SanityBlocks <= 0 {
 		e.o.SanityBlocks = 10
 	}
-	if o.Resume == "" && o.Volume == "" {
-		return nil, fmt.Errorf("%w: the volume name is empty", ErrInput)
+	if o.Resume == "" {
+		// The names go into the version's metadata in the data backend:
+		// one it cannot hold must not be committed.
+		if err := versions.ValidateNames(o.Volume, o.Snapshot, o.Labels); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInput, err)
+		}
 	}
 	if o.Hints != nil {
 		e.hmap = hints.NewMap(o.Hints, e.bs, e.size)

@@ -289,6 +289,12 @@ func TestRunErrors(t *testing.T) {
 		want error
 	}{
 		{"empty-volume", backup.Options{Volume: "", Resume: ""}, backup.ErrInput},
+		// Names the version's metadata in the data backend cannot hold
+		// (issue 13 item 2).
+		{"volume-too-long", backup.Options{Volume: string(bytes.Repeat([]byte("v"), 256))}, backup.ErrInput},
+		{"volume-control", backup.Options{Volume: "vm\x1b[1m"}, backup.ErrInput},
+		{"snapshot-not-utf8", backup.Options{Volume: "vol", Snapshot: "s\xff"}, backup.ErrInput},
+		{"label-newline", backup.Options{Volume: "vol", Labels: map[string]string{"k": "a\nb"}}, backup.ErrInput},
 		{"base-of-other-volume", backup.Options{Volume: "vol", Base: other, Hints: nil}, backup.ErrBadBase},
 		{"base-incomplete", backup.Options{Volume: "vol", Base: incomplete}, backup.ErrBadBase},
 		{"base-invalid", backup.Options{Volume: "other", Base: invalid}, backup.ErrBadBase},

@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -40,6 +41,7 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/blockstore/object"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/manifest"
 )
@@ -431,11 +433,33 @@ type SyncResult struct {
 	Bytes   int64 `json:"bytes"`
 	// Busy counts versions skipped because another process held them.
 	Busy int `json:"busy"`
+	// WrittenUIDs are the versions whose snapshot was written.
+	WrittenUIDs []string `json:"-"`
+	// Failed are the versions whose snapshot could not be written; they
+	// stay pending for the next Sync.
+	Failed []SyncFailure `json:"-"`
 }
 
+// SyncFailure is a version whose snapshot Sync could not write.
+type SyncFailure struct {
+	UID string
+	Err error
+}
+
+// ErrSync: Sync could not write the snapshot of some versions.
+var ErrSync = errors.New("writing version metadata to the data backend failed")
+
 // Sync writes the snapshot of every version whose snapshot is missing or
-// stale. Versions another process holds (a backup, a removal) are left
-// for a later Sync. The first error stops it.
+// stale, oldest first. Versions another process holds (a backup, a
+// removal) are left for a later Sync. A version whose snapshot cannot be
+// written (its metadata breaks a rule of the format, a damaged map, an
+// object the backend refuses) is listed in SyncResult.Failed and the
+// others are written all the same, so one bad version never keeps the
+// others' metadata out of the backend. A failure that would fail every
+// other version too (the backend unreachable, access denied, a missing
+// key) or cancellation stops it; the versions not reached stay pending.
+// The error, if any, wraps ErrSync and names every failed version (and
+// wraps each cause).
 func (c *Catalog) Sync(ctx context.Context, db *metastore.DB) (SyncResult, error) {
 	var res SyncResult
 	uids, err := db.PendingSnapshots()
@@ -444,7 +468,8 @@ func (c *Catalog) Sync(ctx context.Context, db *metastore.DB) (SyncResult, error
 	}
 	for _, uid := range uids {
 		if err := ctx.Err(); err != nil {
-			return res, err
+			res.Failed = append(res.Failed, SyncFailure{UID: uid, Err: err})
+			break
 		}
 		w, err := c.Write(ctx, db, uid)
 		switch {
@@ -452,17 +477,55 @@ func (c *Catalog) Sync(ctx context.Context, db *metastore.DB) (SyncResult, error
 			res.Busy++
 			continue
 		case err != nil && w == nil:
-			return res, err
+			res.Failed = append(res.Failed, SyncFailure{UID: uid, Err: err})
+			if stopsSync(ctx, err) {
+				return res, syncError(res.Failed)
+			}
+			c.log.Debug("could not write the metadata of a version; going on with the others", "version", uid, "err", err)
+			continue
 		}
 		if w != nil {
 			res.Written++
 			res.Bytes += w.Size
+			res.WrittenUIDs = append(res.WrittenUIDs, uid)
 		}
 		if err != nil {
 			c.log.Warn("could not delete an old snapshot of version metadata (the next one retries)", "version", uid, "err", err)
 		}
 	}
+	if len(res.Failed) > 0 {
+		return res, syncError(res.Failed)
+	}
 	return res, nil
+}
+
+// stopsSync reports whether a failed write of one version's snapshot
+// would fail the other versions' too.
+func stopsSync(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, backend.ErrUnavailable) || errors.Is(err, fs.ErrPermission) ||
+		errors.Is(err, object.ErrNoKey) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+func syncError(failed []SyncFailure) error { return &SyncError{Failed: failed} }
+
+// SyncError is Sync's error: the versions whose snapshot could not be
+// written. It wraps ErrSync and each cause.
+type SyncError struct{ Failed []SyncFailure }
+
+func (e *SyncError) Error() string {
+	parts := make([]string, 0, len(e.Failed))
+	for _, f := range e.Failed {
+		parts = append(parts, fmt.Sprintf("version %s: %v", f.UID, f.Err))
+	}
+	return fmt.Sprintf("%v for %d version(s): %s", ErrSync, len(e.Failed), strings.Join(parts, "; "))
+}
+
+func (e *SyncError) Unwrap() []error {
+	out := []error{ErrSync}
+	for _, f := range e.Failed {
+		out = append(out, f.Err)
+	}
+	return out
 }
 
 // Read parses snapshot r completely and calls fn for each page of its one
@@ -554,6 +617,16 @@ type Protection struct {
 	// could not be read: their blocks are unknown, so nothing may be
 	// deleted (cleanup refuses).
 	Unreadable []string
+	// Stale lists versions of the metastore whose snapshot in the backend
+	// is still stale (a sync failed or found them busy): the objects their
+	// snapshots in the backend name are kept too, since a rebuild would
+	// take the version from one of them.
+	Stale []string
+	// Missing lists complete versions whose snapshot the metastore
+	// recorded as current but the listing does not hold whole (deleted,
+	// chunks lost): the caller marks them stale so that the next sync
+	// writes them again (metastore.MarkSnapshotStale).
+	Missing []string
 }
 
 // Keep reports whether name must be kept.
@@ -568,12 +641,22 @@ func (p *Protection) Keep(name block.Name) bool {
 // Protected finds the versions whose metadata the backend holds but the
 // metastore db does not (or holds an older state of), reads their newest
 // snapshots and returns the objects they use, which cleanup must not
-// delete. In the usual case (every snapshot in the backend is the one the
-// metastore recorded) it costs one listing of versions/.
+// delete, and the objects that the snapshots of versions whose snapshot
+// is stale (pending) name. In the usual case (every snapshot in the
+// backend is the one the metastore recorded) it costs one listing of
+// versions/.
 func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection, error) {
 	all, err := c.List(ctx)
 	if err != nil {
 		return nil, err
+	}
+	pending, err := db.PendingSnapshots()
+	if err != nil {
+		return nil, err
+	}
+	stale := map[string]bool{}
+	for _, uid := range pending {
+		stale[uid] = true
 	}
 	known, err := db.Snapshots()
 	if err != nil {
@@ -584,10 +667,21 @@ func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection,
 		return nil, err
 	}
 	inDB := map[string]bool{}
+	p := &Protection{Names: map[block.Name]struct{}{}}
 	for _, v := range vs {
 		inDB[v.UID] = true
+		if st := known[v.UID]; v.Status != metastore.StatusIncomplete && !v.Removing && !stale[v.UID] && st.Gen > 0 {
+			whole := false
+			for _, r := range all[v.UID] {
+				if r.Gen == st.Gen && r.Tag == st.Tag && r.Contiguous {
+					whole = true
+				}
+			}
+			if !whole {
+				p.Missing = append(p.Missing, v.UID)
+			}
+		}
 	}
-	p := &Protection{Names: map[block.Name]struct{}{}}
 	uids := make([]string, 0, len(all))
 	for uid := range all {
 		uids = append(uids, uid)
@@ -595,7 +689,7 @@ func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection,
 	sort.Strings(uids)
 	for _, uid := range uids {
 		refs := all[uid]
-		if inDB[uid] {
+		if inDB[uid] && !stale[uid] {
 			// Only snapshots newer than the one this metastore recorded
 			// can know blocks it does not.
 			st := known[uid]
@@ -623,7 +717,11 @@ func (c *Catalog) Protected(ctx context.Context, db *metastore.DB) (*Protection,
 		_, _, _, err := c.Latest(ctx, refs, nil, collect)
 		switch {
 		case err == nil:
-			p.Versions = append(p.Versions, uid)
+			if stale[uid] && inDB[uid] {
+				p.Stale = append(p.Stale, uid)
+			} else {
+				p.Versions = append(p.Versions, uid)
+			}
 			for n := range names {
 				p.Names[n] = struct{}{}
 			}

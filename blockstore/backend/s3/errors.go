@@ -158,6 +158,17 @@ func (e deniedError) Unwrap() []error {
 // no retry fixes: denied access wraps fs.ErrPermission, and every HTTP 4xx
 // but a missing object is permanent.
 func (b *Backend) opErr(op, name string, err error) error {
+	// How long the request was retried, for the message; the retry
+	// loop's wrapper itself goes.
+	tries := ""
+	if g, ok := err.(*gaveUp); ok {
+		plural := "s"
+		if g.attempts == 1 {
+			plural = ""
+		}
+		tries = fmt.Sprintf(" after %d attempt%s in %v", g.attempts, plural, g.elapsed().Round(100*time.Millisecond))
+		err = g.err
+	}
 	switch {
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		var at *attemptTimeout
@@ -175,7 +186,7 @@ func (b *Backend) opErr(op, name string, err error) error {
 	case status >= 400 && status < 500 && !transient(err):
 		err = backend.Permanent(err)
 	case status == 0 && unreachable(err):
-		err = fmt.Errorf("%w: cannot reach %s after %d attempts (is the server up? check [DataBackend] endpoint): %w", backend.ErrUnavailable, b.endpointName(), b.o.MaxAttempts, err)
+		err = fmt.Errorf("%w: cannot reach %s%s (is the server up? check [DataBackend] endpoint; retry_for sets how long backy retries): %w", backend.ErrUnavailable, b.endpointName(), tries, err)
 	}
 	return fmt.Errorf("s3 backend: %s %q: %w", op, name, err)
 }
@@ -187,32 +198,58 @@ func (b *Backend) endpointName() string {
 	return "S3 (region " + b.o.Region + ")"
 }
 
+// gaveUp carries how long a request was retried to opErr.
+type gaveUp struct {
+	attempts   int
+	start, end time.Time
+	err        error
+}
+
+func (g *gaveUp) Error() string                     { return g.err.Error() }
+func (g *gaveUp) Unwrap() error                     { return g.err }
+func (g *gaveUp) elapsed() time.Duration            { return g.end.Sub(g.start) }
+func (g *gaveUp) with(start, end time.Time) *gaveUp { g.start, g.end = start, end; return g }
+
 // retryPolicy retries transient errors with exponential backoff and full
-// jitter.
+// jitter until the budget (time since the first attempt) is spent, and
+// at most attempts times when attempts > 0.
 type retryPolicy struct {
 	attempts  int
+	budget    time.Duration
 	base, max time.Duration
 	// sleep waits d or until ctx ends; nil is a timer (tests replace it).
 	sleep func(ctx context.Context, d time.Duration) error
+	// now is the clock; nil is time.Now (tests replace it).
+	now func() time.Time
 }
 
 // run calls attempt (with the attempt number from 0) until it succeeds,
-// fails permanently, the attempts are used up or ctx ends.
-func (p retryPolicy) run(ctx context.Context, attempt func(n int) error) error {
+// fails permanently, the budget or the attempts are used up, or ctx ends.
+// A backoff that would end past the budget is cut short, so the last
+// attempt comes when the budget is spent. It returns the attempts made.
+func (p retryPolicy) run(ctx context.Context, attempt func(n int) error) (int, error) {
+	now := p.now
+	if now == nil {
+		now = time.Now
+	}
+	start := now()
+	deadline := start.Add(p.budget)
 	var err error
 	for n := 0; ; n++ {
 		err = attempt(n)
 		if err == nil {
-			return nil
+			return n + 1, nil
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("%w (after: %v)", ctx.Err(), err)
+			return n + 1, fmt.Errorf("%w (after: %v)", ctx.Err(), err)
 		}
-		if !transient(err) || n+1 >= p.attempts {
-			return err
+		t := now()
+		if !transient(err) || (p.attempts > 0 && n+1 >= p.attempts) || !t.Before(deadline) {
+			return n + 1, (&gaveUp{attempts: n + 1, err: err}).with(start, t)
 		}
-		if serr := p.wait(ctx, p.backoff(n)); serr != nil {
-			return fmt.Errorf("%w (after: %v)", serr, err)
+		d := min(p.backoff(n), deadline.Sub(t))
+		if serr := p.wait(ctx, d); serr != nil {
+			return n + 1, fmt.Errorf("%w (after: %v)", serr, err)
 		}
 	}
 }

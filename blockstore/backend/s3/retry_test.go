@@ -79,10 +79,10 @@ func TestOpErrClassifies(t *testing.T) {
 
 func TestRetryPolicy(t *testing.T) {
 	var slept []time.Duration
-	p := retryPolicy{attempts: 5, base: 100 * time.Millisecond, max: time.Second,
+	p := retryPolicy{attempts: 5, budget: time.Hour, base: 100 * time.Millisecond, max: time.Second,
 		sleep: func(_ context.Context, d time.Duration) error { slept = append(slept, d); return nil }}
 	calls := 0
-	err := p.run(t.Context(), func(n int) error {
+	_, err := p.run(t.Context(), func(n int) error {
 		if n != calls {
 			t.Fatalf("attempt %d, want %d", n, calls)
 		}
@@ -100,12 +100,12 @@ func TestRetryPolicy(t *testing.T) {
 	}
 	// Permanent errors are not retried; success stops at once.
 	calls = 0
-	_ = p.run(t.Context(), func(int) error { calls++; return apiErr(403, "AccessDenied") })
+	_, _ = p.run(t.Context(), func(int) error { calls++; return apiErr(403, "AccessDenied") })
 	if calls != 1 {
 		t.Errorf("a permanent error was tried %d times", calls)
 	}
 	calls = 0
-	if err := p.run(t.Context(), func(n int) error {
+	if _, err := p.run(t.Context(), func(n int) error {
 		calls++
 		if n < 2 {
 			return apiErr(500, "InternalError")
@@ -117,7 +117,7 @@ func TestRetryPolicy(t *testing.T) {
 	// Cancellation during the backoff ends the loop with ctx's error.
 	ctx, cancel := context.WithCancel(t.Context())
 	p.sleep = func(ctx context.Context, d time.Duration) error { cancel(); return ctx.Err() }
-	err = p.run(ctx, func(int) error { return apiErr(500, "InternalError") })
+	_, err = p.run(ctx, func(int) error { return apiErr(500, "InternalError") })
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled during backoff: %v", err)
 	}

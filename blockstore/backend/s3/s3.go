@@ -55,8 +55,16 @@ type Options struct {
 	// RequestTimeout bounds one attempt of a request, its body included;
 	// default 2 min.
 	RequestTimeout time.Duration
-	// MaxAttempts is how often a request is tried when it fails with a
-	// transient error; default 5. 1 disables retries.
+	// RetryFor is how long a request that fails with transient errors
+	// (no answer, timeouts, 5xx, throttling) is retried, from its first
+	// attempt, with exponential backoff and full jitter; the last attempt
+	// is made when it has passed. Default 5 min, so an outage of the
+	// server of up to a few minutes delays a backup rather than failing it.
+	// A negative value disables retries.
+	RetryFor time.Duration
+	// MaxAttempts, if > 0, also caps the attempts of a request (whichever
+	// limit comes first ends the retries); 1 disables retries. Default 0:
+	// RetryFor alone decides.
 	MaxAttempts int
 	// SimultaneousReads and SimultaneousWrites bound the requests in
 	// flight: Get, Stat and List pages are reads, Put and Delete writes.
@@ -100,6 +108,9 @@ var (
 	_ backend.BatchDeleter = (*Backend)(nil)
 )
 
+// DefaultRetryFor is the default of Options.RetryFor.
+const DefaultRetryFor = 5 * time.Minute
+
 // ErrNoBucket: the bucket does not exist (or the credentials cannot see
 // it). It is permanent and never backend.ErrNotFound.
 var ErrNoBucket = errors.New("bucket does not exist")
@@ -137,8 +148,11 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 2 * time.Minute
 	}
-	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = 5
+	if o.RetryFor == 0 {
+		o.RetryFor = DefaultRetryFor
+	}
+	if o.MaxAttempts < 0 {
+		o.MaxAttempts = 0
 	}
 	if o.SimultaneousReads <= 0 {
 		o.SimultaneousReads = 16
@@ -241,7 +255,7 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 		writes:   make(chan struct{}, o.SimultaneousWrites),
 		readBW:   newLimiter(o.BandwidthRead),
 		writeBW:  newLimiter(o.BandwidthWrite),
-		retry:    retryPolicy{attempts: o.MaxAttempts, base: o.BaseBackoff, max: o.MaxBackoff},
+		retry:    retryPolicy{attempts: o.MaxAttempts, budget: max(o.RetryFor, 0), base: o.BaseBackoff, max: o.MaxBackoff},
 		http:     custom,
 	}
 	return b, nil
@@ -283,7 +297,7 @@ func (b *Backend) do(ctx context.Context, sem chan struct{}, op, name string, at
 		return b.opErr(op, name, err)
 	}
 	defer func() { <-sem }()
-	err := b.retry.run(ctx, func(n int) error {
+	tries, err := b.retry.run(ctx, func(n int) error {
 		actx, cancel := context.WithTimeout(ctx, b.o.RequestTimeout)
 		defer cancel()
 		err := attempt(actx)
@@ -294,6 +308,7 @@ func (b *Backend) do(ctx context.Context, sem chan struct{}, op, name string, at
 		return err
 	})
 	if err != nil {
+		b.o.Logger.Debug("s3 backend: request failed", "op", op, "object", name, "attempts", tries, "err", err)
 		return b.opErr(op, name, err)
 	}
 	return nil

@@ -63,7 +63,8 @@
 //	profile = <name>                   shared AWS configuration profile; not with access_key_id
 //	connect_timeout = <duration>       default 10s
 //	request_timeout = <duration>       per attempt, body included; default 2m
-//	max_attempts = <1..100>            default 5
+//	retry_for = <duration>             0 (no retries) to 24h; default 5m
+//	max_attempts = <1..100>            also caps the attempts; default none
 //	storage_class = <CLASS>            [A-Z0-9_]+, passed through; default none
 //	bandwidth_read = <size>            bytes per second, 0 (default) or >= 64KiB
 //	bandwidth_write = <size>

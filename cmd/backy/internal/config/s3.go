@@ -56,8 +56,14 @@ type S3 struct {
 	// one attempt of a request, body included. Both are > 0 and <= 24h;
 	// default 10s and 2m.
 	ConnectTimeout, RequestTimeout time.Duration
-	// MaxAttempts is the number of attempts of a request that fails with a
-	// transient error, 1 to 100; default 5.
+	// RetryFor is how long a request that fails with transient errors
+	// (no answer, timeouts, 5xx, throttling) is retried, with exponential
+	// backoff and jitter, from its first attempt: 0 (no retries) to 24h;
+	// default 5m.
+	RetryFor time.Duration
+	// MaxAttempts, 1 to 100, also caps the attempts of such a request
+	// (whichever limit comes first ends the retries); 0, the default when
+	// it is not set, is no cap: RetryFor alone decides.
 	MaxAttempts int
 	// StorageClass is the storage class of new objects, upper-case
 	// letters, digits and '_' (e.g. STANDARD_IA), passed to the server as
@@ -77,9 +83,9 @@ func (s S3) String() string {
 		}
 		return "(set)"
 	}
-	return fmt.Sprintf("{Bucket:%s Prefix:%s Region:%s Endpoint:%s PathStyle:%t AccessKeyID:%s SecretAccessKey:%s SessionToken:%s Profile:%s ConnectTimeout:%v RequestTimeout:%v MaxAttempts:%d StorageClass:%s BandwidthRead:%d BandwidthWrite:%d}",
+	return fmt.Sprintf("{Bucket:%s Prefix:%s Region:%s Endpoint:%s PathStyle:%t AccessKeyID:%s SecretAccessKey:%s SessionToken:%s Profile:%s ConnectTimeout:%v RequestTimeout:%v RetryFor:%v MaxAttempts:%d StorageClass:%s BandwidthRead:%d BandwidthWrite:%d}",
 		s.Bucket, s.Prefix, s.Region, s.Endpoint, s.PathStyle, s.AccessKeyID, set(s.SecretAccessKey), set(s.SessionToken), s.Profile,
-		s.ConnectTimeout, s.RequestTimeout, s.MaxAttempts, s.StorageClass, s.BandwidthRead, s.BandwidthWrite)
+		s.ConnectTimeout, s.RequestTimeout, s.RetryFor, s.MaxAttempts, s.StorageClass, s.BandwidthRead, s.BandwidthWrite)
 }
 
 // GoString is String, so that %#v does not print the secrets either.
@@ -98,7 +104,7 @@ const (
 	defaultS3Region             = "us-east-1"
 	defaultS3ConnectTimeout     = 10 * time.Second
 	defaultS3RequestTimeout     = 2 * time.Minute
-	defaultS3MaxAttempts        = 5
+	defaultS3RetryFor           = 5 * time.Minute
 
 	maxS3Attempts     = 100
 	maxS3Timeout      = 24 * time.Hour
@@ -178,10 +184,15 @@ var s3Keys = []keyDef{
 		p.cfg.Data.S3.RequestTimeout = d
 		return msg
 	}},
+	{name: "retry_for", set: func(p *parser, v string) string {
+		d, msg := parseRetryFor(v)
+		p.cfg.Data.S3.RetryFor = d
+		return msg
+	}},
 	{name: "max_attempts", set: func(p *parser, v string) string {
 		n, msg := parseInt(v, 1)
 		if msg != "" || n > maxS3Attempts {
-			msg = fmt.Sprintf("%s is not an integer from 1 to %d (expected e.g. 5; 1 means no retries)", quote(v), maxS3Attempts)
+			msg = fmt.Sprintf("%s is not an integer from 1 to %d (expected e.g. 5; 1 means no retries; leave it out to let retry_for alone decide)", quote(v), maxS3Attempts)
 		}
 		p.cfg.Data.S3.MaxAttempts = n
 		return msg
@@ -290,8 +301,8 @@ func (p *parser) finishData() error {
 	if !has("request_timeout") {
 		s.RequestTimeout = defaultS3RequestTimeout
 	}
-	if !has("max_attempts") {
-		s.MaxAttempts = defaultS3MaxAttempts
+	if !has("retry_for") {
+		s.RetryFor = defaultS3RetryFor
 	}
 	return nil
 }
@@ -574,6 +585,19 @@ func parseTimeout(v string) (time.Duration, string) {
 		return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
 	}
 	return d, ""
+}
+
+// parseRetryFor parses retry_for: a duration as for the timeouts, or 0
+// (no retries).
+func parseRetryFor(v string) (time.Duration, string) {
+	if d, err := time.ParseDuration(v); (err == nil && d == 0) || (v != "" && strings.Trim(v, "0") == "") {
+		return 0, ""
+	}
+	d, msg := parseTimeout(v)
+	if msg != "" {
+		msg = strings.Replace(msg, "more than 0 and at most 24h", "from 0 (no retries) to 24h, e.g. 5m", 1)
+	}
+	return d, msg
 }
 
 // checkStorageClass checks v is made of upper-case letters, digits and '_'.

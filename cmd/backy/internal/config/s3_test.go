@@ -46,7 +46,7 @@ func s3Want() *Config {
 			Region:         "us-east-1",
 			ConnectTimeout: 10 * time.Second,
 			RequestTimeout: 2 * time.Minute,
-			MaxAttempts:    5,
+			RetryFor:       5 * time.Minute,
 		},
 	}
 	return c
@@ -183,6 +183,10 @@ var s3ValidTests = []struct {
 		c.Data.S3.ConnectTimeout, c.Data.S3.RequestTimeout = 500*time.Millisecond, 30*time.Minute
 	}},
 	{"max attempts 1", "type = s3\nbucket = backy\nmax_attempts = 1\n", func(c *Config) { c.Data.S3.MaxAttempts = 1 }},
+	{"retry for 0", "type = s3\nbucket = backy\nretry_for = 0\n", func(c *Config) { c.Data.S3.RetryFor = 0 }},
+	{"retry for 0s", "type = s3\nbucket = backy\nretry_for = 0s\n", func(c *Config) { c.Data.S3.RetryFor = 0 }},
+	{"retry for 90", "type = s3\nbucket = backy\nretry_for = 90\n", func(c *Config) { c.Data.S3.RetryFor = 90 * time.Second }},
+	{"retry for 24h", "type = s3\nbucket = backy\nretry_for = 24h\n", func(c *Config) { c.Data.S3.RetryFor = 24 * time.Hour }},
 	{"max attempts 100", "type = s3\nbucket = backy\nmax_attempts = 100\n", func(c *Config) { c.Data.S3.MaxAttempts = 100 }},
 
 	// storage class
@@ -207,6 +211,7 @@ secret_access_key = secret
 session_token = token
 connect_timeout = 3s
 request_timeout = 5m
+retry_for = 10m
 max_attempts = 7
 storage_class = INTELLIGENT_TIERING
 bandwidth_read = 100MiB
@@ -218,7 +223,7 @@ simultaneous_reads = 8
 		c.Data.S3 = S3{
 			Bucket: "backy-backups", Prefix: "hosts/db1", Region: "eu-central-1", Endpoint: "https://s3.eu-central-1.amazonaws.com",
 			AccessKeyID: "AKID", SecretAccessKey: "secret", SessionToken: "token",
-			ConnectTimeout: 3 * time.Second, RequestTimeout: 5 * time.Minute, MaxAttempts: 7,
+			ConnectTimeout: 3 * time.Second, RequestTimeout: 5 * time.Minute, RetryFor: 10 * time.Minute, MaxAttempts: 7,
 			StorageClass: "INTELLIGENT_TIERING", BandwidthRead: 100 << 20, BandwidthWrite: 10 << 20,
 		}
 	}},
@@ -391,6 +396,12 @@ var s3ErrorTests = []struct {
 	{"request timeout empty", s3Input("type = s3\nbucket = backy\nrequest_timeout =\n"), 6, "request_timeout", []string{`"" is not a duration`}},
 	{"request timeout comment", s3Input("type = s3\nbucket = backy\nrequest_timeout = 2m # two\n"), 6, "request_timeout", []string{"not a duration", "inline comments are not supported"}},
 
+	// retry_for
+	{"retry for too long", s3Input("type = s3\nbucket = backy\nretry_for = 25h\n"), 6, "retry_for", []string{`"25h" is out of range`, "from 0 (no retries) to 24h"}},
+	{"retry for negative", s3Input("type = s3\nbucket = backy\nretry_for = -1m\n"), 6, "retry_for", []string{"out of range"}},
+	{"retry for word", s3Input("type = s3\nbucket = backy\nretry_for = long\n"), 6, "retry_for", []string{"not a duration"}},
+	{"retry for empty", s3Input("type = s3\nbucket = backy\nretry_for =\n"), 6, "retry_for", []string{"not a duration"}},
+
 	// max_attempts
 	{"max attempts 0", s3Input("type = s3\nbucket = backy\nmax_attempts = 0\n"), 6, "max_attempts", []string{`"0" is not an integer from 1 to 100`, "1 means no retries"}},
 	{"max attempts 101", s3Input("type = s3\nbucket = backy\nmax_attempts = 101\n"), 6, "max_attempts", []string{`"101" is not an integer from 1 to 100`}},
@@ -442,6 +453,7 @@ var s3KeyValues = map[string]string{
 	"profile":                "backup",
 	"connect_timeout":        "5s",
 	"request_timeout":        "30",
+	"retry_for":              "2m",
 	"max_attempts":           "3",
 	"storage_class":          "STANDARD_IA",
 	"bandwidth_read":         "1MiB",
@@ -757,7 +769,7 @@ func TestS3SecretsNotShown(t *testing.T) {
 			t.Errorf("%q does not show the access key ID and that a secret is set", s)
 		}
 	}
-	if w := "config.S3{Bucket:backy Prefix: Region:us-east-1 Endpoint: PathStyle:false AccessKeyID:AKIDSHOWN SecretAccessKey:(set) SessionToken:(set) Profile: ConnectTimeout:10s RequestTimeout:2m0s MaxAttempts:5 StorageClass: BandwidthRead:0 BandwidthWrite:0}"; c.Data.S3.GoString() != w {
+	if w := "config.S3{Bucket:backy Prefix: Region:us-east-1 Endpoint: PathStyle:false AccessKeyID:AKIDSHOWN SecretAccessKey:(set) SessionToken:(set) Profile: ConnectTimeout:10s RequestTimeout:2m0s RetryFor:5m0s MaxAttempts:0 StorageClass: BandwidthRead:0 BandwidthWrite:0}"; c.Data.S3.GoString() != w {
 		t.Errorf("GoString() = %q, want %q", c.Data.S3.GoString(), w)
 	}
 	if s := (S3{}).String(); !strings.Contains(s, "SecretAccessKey:(none) SessionToken:(none)") {
@@ -828,11 +840,11 @@ func TestS3Example(t *testing.T) {
 		{Type: "s3", SimultaneousWrites: 16, SimultaneousReads: 16, S3: S3{
 			Bucket: "backy", Prefix: "host1", Region: "us-east-1", Endpoint: "http://127.0.0.1:7070", PathStyle: true,
 			AccessKeyID: "minioadmin", SecretAccessKey: "minio secret",
-			ConnectTimeout: 10 * time.Second, RequestTimeout: 2 * time.Minute, MaxAttempts: 5,
+			ConnectTimeout: 10 * time.Second, RequestTimeout: 2 * time.Minute, RetryFor: 5 * time.Minute,
 		}},
 		{Type: "s3", SimultaneousWrites: 32, SimultaneousReads: 16, S3: S3{
 			Bucket: "example-backy-backups", Prefix: "backy", Region: "eu-central-1", StorageClass: "STANDARD_IA",
-			ConnectTimeout: 10 * time.Second, RequestTimeout: 2 * time.Minute, MaxAttempts: 5,
+			ConnectTimeout: 10 * time.Second, RequestTimeout: 2 * time.Minute, RetryFor: 5 * time.Minute,
 		}},
 	}
 	for i, b := range blocks {
@@ -877,8 +889,11 @@ func checkS3(t *testing.T, s S3) {
 			t.Errorf("invalid timeout %v", d)
 		}
 	}
-	if s.MaxAttempts < 1 || s.MaxAttempts > 100 {
+	if s.MaxAttempts < 0 || s.MaxAttempts > 100 {
 		t.Errorf("invalid MaxAttempts %d", s.MaxAttempts)
+	}
+	if s.RetryFor < 0 || s.RetryFor > 24*time.Hour {
+		t.Errorf("invalid RetryFor %v", s.RetryFor)
 	}
 	if s.StorageClass != "" && checkStorageClass(s.StorageClass) != "" {
 		t.Errorf("invalid StorageClass %q", s.StorageClass)
