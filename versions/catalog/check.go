@@ -205,12 +205,13 @@ func pageDigest(ids []block.ID, rec func(i int) block.Record) [32]byte {
 
 // versionDiff names the first field of the version object in which a
 // snapshot's copy differs from the metastore's ("" when none does). The
-// last scrub is left out (it changes without making the snapshot stale),
+// last scrub and deep-scrub records are left out (they change without
+// making the snapshot stale),
 // and blocks_done is taken as WriteVersion writes it.
 func versionDiff(snap, db *metastore.Version) string {
 	norm := func(v *metastore.Version) map[string]json.RawMessage {
 		c := *v
-		c.LastScrub = nil
+		c.LastScrub, c.LastDeepScrub = nil, nil
 		c.BlocksDone = min(c.BlocksDone, c.Blocks())
 		if c.Labels == nil {
 			c.Labels = map[string]string{}
