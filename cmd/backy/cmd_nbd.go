@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -50,9 +52,13 @@ func cmdNBD(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			addr := e.cfg.NBD.Listen
-			if c.IsSet("listen") {
-				addr = c.String("listen")
+			addr, flag := e.cfg.NBD.Listen, c.IsSet("listen")
+			if flag {
+				a, msg := config.ParseListen(c.String("listen"))
+				if msg != "" {
+					return usageErr("--listen: %s", msg)
+				}
+				addr = a
 			}
 			tlsConf, err := e.cfg.NBD.TLSConfig()
 			if err != nil {
@@ -60,7 +66,7 @@ func cmdNBD(e *env) *cli.Command {
 			}
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
-				return fmt.Errorf("listening on %s: %w", addr, err)
+				return e.listenErr(addr, flag, err)
 			}
 			ex := &nbdExports{e: e, s: s, ro: ro, discard: c.Bool("discard-changes"), cache: c.Int64("cache-mib") << 20}
 			where := "loopback only"
@@ -97,6 +103,35 @@ func cmdNBD(e *env) *cli.Command {
 			return err
 		}),
 	}
+}
+
+// errListenBusy: the NBD listen address is in use (exit 73).
+var errListenBusy = errors.New("the address is in use by another program")
+
+// listenErr explains why the server cannot listen on addr (from --listen
+// if flag, else from [NBD] listen or its default): in use (exit 73),
+// permission denied (77), or an address that cannot be listened on here,
+// such as one not of this host or a host name that does not resolve: a bad
+// command line (64) or configuration (78).
+func (e *env) listenErr(addr string, flag bool, err error) error {
+	cause := err
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		cause = oe.Err
+		var se *os.SyscallError
+		if errors.As(cause, &se) {
+			cause = se.Err
+		}
+	}
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("cannot listen on %s: %w (another 'backy nbd' or NBD server?): stop it, or choose another port with --listen or [NBD] listen", addr, errListenBusy)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("cannot listen on %s: %w (a port below 1024 needs root or CAP_NET_BIND_SERVICE): choose another port with --listen or [NBD] listen", addr, cause)
+	case flag:
+		return usageErr("--listen %s: cannot listen there: %v (use an address of this host, e.g. 127.0.0.1:10809, or :10809 for every address)", addr, cause)
+	}
+	return fmt.Errorf("%w: %s: [NBD] listen = %s: cannot listen there: %v (use an address of this host, e.g. 127.0.0.1:10809, or :10809 for every address)", config.ErrInvalid, configName(e.cfg), addr, cause)
 }
 
 func isLoopback(a net.Addr) bool {

@@ -248,6 +248,12 @@ func keyPair(certPath string, certPEM []byte, keyPath string, keyPEM []byte) (tl
 	return c, ""
 }
 
+// ParseListen checks a listen address given outside the file (backy nbd
+// --listen) by the rules of [NBD] listen: it returns the address as
+// net.JoinHostPort writes it, or a one-line message saying what is wrong
+// and what is expected.
+func ParseListen(v string) (addr, msg string) { return parseListen(v) }
+
 // parseListen checks that v is host:port with a numeric port from 1 to
 // 65535 and returns it as net.JoinHostPort writes it.
 func parseListen(v string) (string, string) {
