@@ -41,14 +41,14 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer // handshake phase only
 	remote string
-	key    string // the client, for the limits (clientKey)
+	key    string          // the client, for the limits (clientKey)
 	ctx    context.Context // cancelled when the server shuts down
+	cancel context.CancelFunc
 
 	// phase is the tracker's, under its mutex; evicted is set when the
 	// tracker closed the connection to make room.
 	phase   connPhase
 	evicted atomic.Bool
-	cancel context.CancelFunc
 
 	// Negotiated in the handshake.
 	noZeroes   bool   // NBD_FLAG_C_NO_ZEROES

@@ -80,8 +80,8 @@ const (
 	defaultMaxRequest        = 32 << 20
 	defaultWorkers           = 8
 	defaultHandshakeTimeout  = 10 * time.Second
-	minMaxRequest           = 512
-	maxMaxRequest           = 1 << 30
+	minMaxRequest            = 512
+	maxMaxRequest            = 1 << 30
 )
 
 // defaultDrainTimeout bounds how long a closing connection waits for its
