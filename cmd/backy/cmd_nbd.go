@@ -86,7 +86,8 @@ func cmdNBD(e *env) *cli.Command {
 				scheme, tlsMode = "nbds", ", TLS "+e.cfg.NBD.TLS
 			}
 			fmt.Fprintf(e.stderr, "backy: serving versions on %s://%s/ (%s, %s%s); Ctrl-C stops\n", scheme, ln.Addr(), where, mode, tlsMode)
-			srv := nbd.NewServer(ex, nbd.Options{Logger: e.log, TLS: tlsConf, RequireTLS: e.cfg.NBD.TLS == config.TLSRequired})
+			srv := nbd.NewServer(ex, nbd.Options{Logger: e.log, TLS: tlsConf, RequireTLS: e.cfg.NBD.TLS == config.TLSRequired,
+				MaxConns: e.cfg.NBD.MaxConnections, MaxConnsPerClient: e.cfg.NBD.MaxConnectionsPerClient, HandshakeTimeout: e.cfg.NBD.HandshakeTimeout})
 			err = srv.Serve(ctx, ln)
 			ex.wait()
 			ex.syncMu.Lock()

@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -115,4 +116,76 @@ func TestE2EI13NBDLockHolder(t *testing.T) {
 	_ = cmd.Process.Kill()
 	e2eNBDServeStop(t, p)
 	b.ok("rm", "--force", v.UID)
+}
+
+// e2eI13NBDStart starts 'backy [global...] nbd --listen ADDR extra...' on
+// a free port and waits until it accepts connections.
+func e2eI13NBDStart(b *e2eBox, global []string, extra ...string) (*e2eProc, string) {
+	b.t.Helper()
+	addr := e2eNBDServeFreeAddr(b.t)
+	args := append(append(append([]string{}, global...), "nbd", "--listen", addr), extra...)
+	p := b.start(args...)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return p, addr
+		}
+		if p.exited() || time.Now().After(deadline) {
+			b.t.Fatalf("backy nbd did not start listening on %s:\n%v", addr, p.wait(b.t))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestE2EI13NBDIdleSockets (item 19): 300 idle sockets (from 127.0.0.1,
+// as every local client) do not lock real clients out, the log stays
+// short, and the handshake deadline of [NBD] closes idle sockets.
+func TestE2EI13NBDIdleSockets(t *testing.T) {
+	e2eNBDTool(t, "nbdinfo")
+	e2eNBDTool(t, "qemu-io")
+	t.Parallel()
+	b := e2eNewBox(t)
+	img := b.path("disk.img")
+	e2eRandomFile(t, img, 3*e2eMiB, 191)
+	v := b.backup(img, "vm-19")
+	p, addr := e2eNBDServeStart(b, "--read-only")
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for range 300 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("socket %d: %v", len(idle), err)
+		}
+		idle = append(idle, c)
+	}
+	uri := e2eNBDURI(addr, v.UID)
+	if info := e2eNBDInfo(t, uri); info.Size != v.Size {
+		t.Errorf("nbdinfo beside 300 idle sockets: size %d, want %d", info.Size, v.Size)
+	}
+	e2eNBDQemuIORO(t, uri, "read 0 64k")
+	r := e2eNBDServeStop(t, p)
+	if n := strings.Count(r.stderr, "level=WARN"); n > 3 {
+		t.Errorf("%d WARN lines for 300 idle sockets of one client, want at most 3:\n%v", n, r)
+	}
+
+	// handshake_timeout = 1s: an idle socket is closed by the server.
+	cfg := e2eI13NBDConfig(b, "hs.cfg", "handshake_timeout = 1s\nmax_connections_per_client = 4")
+	p, addr = e2eI13NBDStart(b, []string{"-c", cfg})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Errorf("an idle socket was not closed by the handshake deadline: %v", err)
+	}
+	e2eNBDInfo(t, e2eNBDURI(addr, v.UID))
+	e2eNBDServeStop(t, p)
 }
