@@ -62,6 +62,7 @@ fuzz:
 	$(GO) test ./versions/transfer -run '^$$' -fuzz FuzzImport -fuzztime $(FUZZTIME)
 	$(GO) test ./versions/nbd -run '^$$' -fuzz FuzzRequests -fuzztime $(FUZZTIME)
 	$(GO) test ./versions/nbd -run '^$$' -fuzz FuzzOptions -fuzztime $(FUZZTIME)
+	$(GO) test ./versions/device -run '^$$' -fuzz FuzzDecodeMap -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -16,6 +15,9 @@ import (
 type Lock struct {
 	f    *os.File
 	path string
+	// exclusive: the holder line in the file is this process's, and is
+	// cleared on Unlock.
+	exclusive bool
 }
 
 // LockDir returns the directory holding the lock files of the metastore at
@@ -45,8 +47,8 @@ func lockFile(path string, exclusive, wait bool, what string) (*Lock, error) {
 	}
 	if err != nil {
 		holder := ""
-		if b, rerr := os.ReadFile(path); rerr == nil && len(b) > 0 {
-			holder = " (" + strings.TrimSpace(string(b)) + ")"
+		if h := lockHolders(f, path); h != "" {
+			holder = " (" + h + ")"
 		}
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
@@ -59,13 +61,14 @@ func lockFile(path string, exclusive, wait bool, what string) (*Lock, error) {
 		_ = f.Truncate(0)
 		_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d, %s, since %s", os.Getpid(), processName(), time.Now().UTC().Format(time.RFC3339))), 0)
 	}
-	return &Lock{f: f, path: path}, nil
+	return &Lock{f: f, path: path, exclusive: exclusive}, nil
 }
 
 var lockHolderName = "backy"
 
 // SetHolderName sets the text recorded in exclusive lock files next to the
-// process id (the CLI sets it to the command being run).
+// process id (the CLI sets it to the command being run). A lock that cannot
+// be taken names its live holders (lockholder.go).
 func SetHolderName(s string) { lockHolderName = s }
 
 func processName() string { return lockHolderName }
@@ -74,6 +77,11 @@ func processName() string { return lockHolderName }
 func (l *Lock) Unlock() {
 	if l == nil || l.f == nil {
 		return
+	}
+	if l.exclusive {
+		// The next holder may be shared and write nothing: leave no line
+		// naming a process that no longer holds the lock.
+		_ = l.f.Truncate(0)
 	}
 	_ = l.f.Close()
 	l.f = nil

@@ -100,7 +100,7 @@ func exitCode(err error) int {
 		return exitIntegrity
 	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists),
 		errors.Is(err, replicate.ErrConflict), errors.Is(err, transfer.ErrExists), errors.Is(err, transfer.ErrHealthy),
-		errors.Is(err, blockstore.ErrStoreExists), errors.Is(err, errOutputExists):
+		errors.Is(err, blockstore.ErrStoreExists), errors.Is(err, errOutputExists), errors.Is(err, errListenBusy):
 		return exitCantCreate
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, metastore.ErrVersionNotFound), errors.Is(err, metastore.ErrNoStore),
 		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions),

@@ -4,7 +4,10 @@
 // sequential access, and, unless read-only, a private copy-on-write
 // overlay whose changes the caller can turn into a new version (Changes
 // and Source feed the backup engine, with the served version as the base,
-// so unchanged blocks are taken from it without being read).
+// so unchanged blocks are taken from it without being read). A durable
+// overlay (Options.Durable, overlay.go) survives a crash as of its last
+// Flush: Orphans finds it and OpenOrphan reopens it, so that flushed
+// writes are never lost.
 //
 // The served version is share-locked while the device is open: it cannot
 // be removed, so its blocks keep references and no cleanup deletes them.
@@ -55,10 +58,15 @@ type Options struct {
 	// ReadAhead is how many blocks are fetched ahead of a sequential
 	// reader; 0 = 8, negative = none.
 	ReadAhead int
-	// OverlayDir holds the copy-on-write overlay (a sparse temporary
-	// file, removed on Close); "" = os.TempDir().
+	// OverlayDir holds the copy-on-write overlay; "" = os.TempDir().
 	OverlayDir string
-	Logger     *slog.Logger
+	// Durable makes the overlay survive a crash (overlay.go): named files
+	// in OverlayDir with a journal of the changed blocks, made durable by
+	// Flush, kept by Close unless Drop was called, found by Orphans.
+	// Otherwise the overlay is an unlinked sparse temporary file, and a
+	// crash loses it.
+	Durable bool
+	Logger  *slog.Logger
 }
 
 // Device is one open version. It is safe for concurrent use.
@@ -90,6 +98,11 @@ type Device struct {
 	overlay *os.File
 	dirty   []uint64 // bitset of blocks
 	ndirty  int64
+	gen     uint64 // counts blocks becoming dirty
+	// dur is the durable overlay's state (nil if not durable); fl
+	// serialises its flushes.
+	dur *durable
+	fl  sync.Mutex
 
 	bad    []block.ID
 	closed bool
@@ -109,6 +122,29 @@ type fetch struct {
 
 // Open opens version uid of db as a device. The caller closes it.
 func Open(ctx context.Context, db *metastore.DB, st BlockStore, uid string, o Options) (*Device, error) {
+	return open(ctx, db, st, uid, o, nil)
+}
+
+// OpenOrphan opens the version an orphaned durable overlay was made on,
+// with the overlay's changes (as of its last flush): a device like the
+// session's when it ended, whose Changes and Source make the new version
+// the session would have made. It fails if the version is gone
+// (metastore.ErrVersionNotFound), cannot be served, or does not match the
+// journal (ErrOverlay); the orphan then stays the caller's. On success
+// the device owns the overlay: Drop and Close it once its changes are
+// saved.
+func OpenOrphan(ctx context.Context, db *metastore.DB, st BlockStore, orphan *Orphan, o Options) (*Device, error) {
+	if orphan.Err != nil {
+		return nil, orphan.Err
+	}
+	if orphan.f == nil {
+		return nil, fmt.Errorf("%w: %s is closed", ErrOverlay, orphan.Path)
+	}
+	o.ReadOnly, o.Durable, o.OverlayDir = false, true, orphan.dir
+	return open(ctx, db, st, orphan.Info.Version, o, orphan)
+}
+
+func open(ctx context.Context, db *metastore.DB, st BlockStore, uid string, o Options, orphan *Orphan) (*Device, error) {
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = 256 << 20
 	}
@@ -127,7 +163,7 @@ func Open(ctx context.Context, db *metastore.DB, st BlockStore, uid string, o Op
 	ok := false
 	defer func() {
 		if !ok {
-			d.Close()
+			d.release()
 		}
 	}()
 	if d.v, err = db.Version(uid); err != nil {
@@ -150,12 +186,33 @@ func Open(ctx context.Context, db *metastore.DB, st BlockStore, uid string, o Op
 	if o.ReadAhead > 0 {
 		d.ahead = make(chan struct{}, o.ReadAhead)
 	}
-	if !o.ReadOnly {
+	switch {
+	case orphan != nil:
+		in := orphan.Info
+		if d.v.Volume != in.Volume || d.v.Size != in.Size || d.v.BlockSize != in.BlockSize {
+			return nil, fmt.Errorf("%w: %s is of version %s of volume %q, %d bytes in blocks of %d; the version is of %q, %d bytes in blocks of %d",
+				ErrOverlay, orphan.Path, uid, in.Volume, in.Size, in.BlockSize, d.v.Volume, d.v.Size, d.v.BlockSize)
+		}
+		d.dur = &durable{dir: orphan.dir, name: orphan.name, info: in, savedGen: 1}
+		d.overlay, orphan.f = orphan.f, nil
+		d.dirty, d.ndirty, d.gen = orphan.dirty, in.Changed, 1
+	case o.ReadOnly:
+	case o.Durable:
+		if o.OverlayDir == "" {
+			return nil, errors.New("device: a durable overlay needs OverlayDir")
+		}
+		if err := d.createDurable(o.OverlayDir); err != nil {
+			return nil, err
+		}
+		d.dirty = make([]uint64, (d.n+63)/64)
+	default:
 		dir := o.OverlayDir
 		if dir == "" {
 			dir = os.TempDir()
+		} else if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating the copy-on-write overlay directory: %w", err)
 		}
-		f, err := os.CreateTemp(dir, "backy-nbd-overlay-*")
+		f, err := os.CreateTemp(dir, ".backy-nbd-scratch-*")
 		if err != nil {
 			return nil, fmt.Errorf("creating the copy-on-write overlay: %w", err)
 		}
@@ -428,6 +485,7 @@ func (d *Device) makeDirty(ctx context.Context, i int64, whole bool) error {
 	}
 	d.dirty[i/64] |= 1 << (i % 64)
 	d.ndirty++
+	d.gen++
 	return nil
 }
 
@@ -491,15 +549,6 @@ func (d *Device) Zero(ctx context.Context, off, n int64) error {
 
 // Trim discards [off, off+n): it reads as zeros afterwards.
 func (d *Device) Trim(ctx context.Context, off, n int64) error { return d.Zero(ctx, off, n) }
-
-// Flush makes the overlay durable (a new version is made from it only
-// when the caller commits; until then it is scratch space).
-func (d *Device) Flush(ctx context.Context) error {
-	if d.overlay == nil {
-		return nil
-	}
-	return d.overlay.Sync()
-}
 
 // Extent is a run of the device's blocks that are all holes (sparse in
 // the version, never written) or all data.
@@ -593,8 +642,12 @@ func (s *Source) Name() string { return "nbd session of " + s.d.v.UID }
 // Close does nothing: the device is closed by its owner.
 func (s *Source) Close() error { return nil }
 
-// Close drops the overlay and releases the version.
+// Close releases the version and the overlay. A durable overlay with
+// changes is flushed and kept unless Drop was called (Orphans finds it);
+// otherwise the overlay is removed.
 func (d *Device) Close() error {
+	d.fl.Lock() // no Flush meanwhile (it takes fl, then wmu)
+	defer d.fl.Unlock()
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	if d.closed {
@@ -602,11 +655,33 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	var err error
+	if u := d.dur; u != nil {
+		if u.dropped || d.ndirty == 0 {
+			err = u.remove()
+		} else {
+			err = d.flushDurable(d.dirty, d.gen)
+		}
+	}
 	if d.overlay != nil {
-		err = d.overlay.Close()
+		if cerr := d.overlay.Close(); err == nil {
+			err = cerr
+		}
 	}
 	d.lock.Unlock()
 	return err
+}
+
+// release undoes a failed open: a new durable overlay is removed, an
+// orphan's is left as it was (open takes it only once all checks passed).
+func (d *Device) release() {
+	d.closed = true
+	if d.dur != nil && d.gen == 0 {
+		_ = d.dur.remove()
+	}
+	if d.overlay != nil {
+		_ = d.overlay.Close()
+	}
+	d.lock.Unlock()
 }
 
 // blockCache is an LRU of block plaintexts bounded in bytes.

@@ -115,8 +115,20 @@
 // NBD_ESHUTDOWN as "Terminating the transmission phase" recommends;
 // replies still pending after 10 seconds are dropped and every
 // connection is closed, with Export.Close called exactly once for each
-// opened export. Connections beyond Options.MaxConns are closed at
-// accept.
+// opened export.
+//
+// Limits (limits.go): at most Options.MaxConns sessions (connections past
+// the handshake), Options.MaxHandshakes connections in the handshake and
+// Options.MaxConnsPerClient connections per remote IP address; a handshake
+// lasts at most Options.HandshakeTimeout (10 s by default). A new
+// connection beyond the handshake or per-client limit takes the place of
+// the oldest handshaking connection of its own client, or of the client
+// holding the most handshake slots, so idle sockets cannot lock other
+// clients out; it is refused only when the sessions are all taken.
+// Warnings about a client (protocol errors, refused requests, refused or
+// evicted connections) are logged at most once per Options.WarnInterval
+// per client, the next one counting those held back ("suppressed");
+// connections that open no export are logged at Debug only.
 //
 // # Not implemented
 //

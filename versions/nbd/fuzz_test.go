@@ -39,7 +39,13 @@ func runFuzzConn(t *testing.T, srv *Server, x *memExports, grace time.Duration, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.serveConn(context.Background(), server)
+		c := srv.newConn(server)
+		if _, why := srv.track.admit(c); why != "" {
+			t.Errorf("connection refused: %s", why)
+			return
+		}
+		defer srv.track.done(c)
+		srv.serveConn(context.Background(), c)
 	}()
 	feed(client)
 	select {

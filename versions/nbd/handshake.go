@@ -41,8 +41,14 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer // handshake phase only
 	remote string
+	key    string          // the client, for the limits (clientKey)
 	ctx    context.Context // cancelled when the server shuts down
 	cancel context.CancelFunc
+
+	// phase is the tracker's, under its mutex; evicted is set when the
+	// tracker closed the connection to make room.
+	phase   connPhase
+	evicted atomic.Bool
 
 	// Negotiated in the handshake.
 	noZeroes   bool   // NBD_FLAG_C_NO_ZEROES
@@ -150,10 +156,14 @@ func (c *conn) handshake(ctx context.Context) error {
 	return nil
 }
 
-// ioErr classifies a read/write failure: shutdown, timeout or I/O error.
+// ioErr classifies a read/write failure: shutdown, eviction, timeout or
+// I/O error.
 func (c *conn) ioErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if c.evicted.Load() {
+		return errEvicted
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -162,10 +172,19 @@ func (c *conn) ioErr(ctx context.Context, err error) error {
 	return err
 }
 
-// warn logs a protocol error and returns it.
+// warn logs a protocol error (unless the connection was evicted, which
+// explains it) and returns it.
 func (c *conn) warn(err error) error {
-	c.log.Warn("nbd: protocol error", "err", err)
+	if !c.evicted.Load() {
+		c.warnf("nbd: protocol error", "err", err)
+	}
 	return err
+}
+
+// warnf logs a warning about the client, at most one per
+// Options.WarnInterval (Server.warn).
+func (c *conn) warnf(msg string, args ...any) {
+	c.srv.warn(c.key, c.log, msg, args...)
 }
 
 // option reads one option and answers it; done reports that transmission
@@ -213,7 +232,7 @@ func (c *conn) option(ctx context.Context) (done bool, err error) {
 		return false, c.replyErr(opt, repErrTLSReqd, "TLS required")
 	}
 	if tooBig {
-		c.log.Warn("nbd: option too large", "option", opt, "length", length)
+		c.warnf("nbd: option too large", "option", opt, "length", length)
 		return false, c.replyErr(opt, repErrTooBig, "option too large")
 	}
 
@@ -259,7 +278,7 @@ func (c *conn) replyErr(opt, typ uint32, msg string) error {
 
 // invalid answers a malformed option with NBD_REP_ERR_INVALID.
 func (c *conn) invalid(opt uint32, msg string) error {
-	c.log.Warn("nbd: invalid option", "option", opt, "err", msg)
+	c.warnf("nbd: invalid option", "option", opt, "err", msg)
 	return c.replyErr(opt, repErrInvalid, msg)
 }
 
@@ -277,7 +296,7 @@ func (c *conn) exportErr(opt uint32, name string, err error) error {
 	case errors.Is(err, context.Canceled):
 		return c.replyErr(opt, repErrShutdown, "server shutting down")
 	}
-	c.log.Warn("nbd: export unavailable", "export", name, "err", err)
+	c.warnf("nbd: export unavailable", "export", name, "err", err)
 	return c.replyErr(opt, repErrUnknown, "export unavailable")
 }
 
@@ -321,8 +340,13 @@ func (c *conn) optExportName(ctx context.Context, data []byte) (bool, error) {
 	if err != nil {
 		// "If the chosen export does not exist ... the server MUST
 		// terminate the session."
-		c.log.Warn("nbd: NBD_OPT_EXPORT_NAME refused", "export", name, "err", err)
+		c.warnf("nbd: NBD_OPT_EXPORT_NAME refused", "export", name, "err", err)
 		return false, fmt.Errorf("nbd: open export %q: %w", name, err)
+	}
+	if why := c.srv.track.establish(c); why != "" {
+		_ = exp.Close(errors.New("nbd: " + why))
+		c.warnf("nbd: NBD_OPT_EXPORT_NAME refused", "export", name, "err", why)
+		return false, fmt.Errorf("nbd: open export %q: %s", name, why)
 	}
 	c.startExport(exp, info, name)
 	var b [8 + 2 + 124]byte
@@ -363,7 +387,7 @@ func (c *conn) optList(ctx context.Context, opt uint32, data []byte) error {
 		if errors.Is(err, context.Canceled) {
 			return c.replyErr(opt, repErrShutdown, "server shutting down")
 		}
-		c.log.Warn("nbd: listing exports", "err", err)
+		c.warnf("nbd: listing exports", "err", err)
 		return c.replyErr(opt, repErrPolicy, "export list unavailable")
 	}
 	for _, e := range list {
@@ -464,6 +488,13 @@ func (c *conn) optInfoGo(ctx context.Context, opt uint32, data []byte) (bool, er
 	}
 	if err != nil {
 		return false, c.exportErr(opt, name, err)
+	}
+	if exp != nil {
+		if why := c.srv.track.establish(c); why != "" {
+			_ = exp.Close(errors.New("nbd: " + why))
+			c.warnf("nbd: NBD_OPT_GO refused", "export", name, "err", why)
+			return false, c.replyErr(opt, repErrPolicy, why)
+		}
 	}
 
 	size := uint64(info.Size)

@@ -9,7 +9,6 @@ import (
 	"math/bits"
 	"net"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -22,20 +21,37 @@ type Options struct {
 	// RequireTLS (with TLS set): every option but STARTTLS/ABORT is
 	// refused with NBD_REP_ERR_TLS_REQD until TLS is up (FORCEDTLS).
 	RequireTLS bool
-	// MaxConns bounds concurrent connections; 0 = 64. More are closed at
-	// accept.
+	// MaxConns bounds concurrent sessions (connections past the
+	// handshake); 0 = 64. A connection beyond is closed at accept, and a
+	// handshake that would open one more is refused. Connections still in
+	// the handshake do not count: see MaxHandshakes and limits.go.
 	MaxConns int
+	// MaxHandshakes bounds the connections in the handshake at once;
+	// 0 = 32. A new connection beyond takes the slot of the oldest
+	// handshaking connection of the client holding the most slots, which
+	// is closed.
+	MaxHandshakes int
+	// MaxConnsPerClient bounds the connections (handshaking or in a
+	// session) from one remote IP address; 0 = 16. A new connection
+	// beyond takes the slot of that client's oldest handshaking one, or
+	// is refused when all of them are sessions.
+	MaxConnsPerClient int
 	// MaxRequest is the largest READ/WRITE payload, 0 = 32 MiB. It is
 	// advertised as the maximum block size; it is clamped to [512, 1 GiB].
 	MaxRequest int
 	// Workers bounds the requests handled concurrently per connection,
 	// 0 = 8. Replies may go out of order, matched by handle.
 	Workers int
-	// Logger receives connection events (Info) and protocol errors
-	// (Warn); nil = slog.Default().
+	// Logger receives sessions (Info), connections that open no export
+	// (Debug) and protocol errors, refused requests and refused
+	// connections (Warn, at most one per client per WarnInterval, the
+	// next one counting those held back as "suppressed"); nil =
+	// slog.Default().
 	Logger *slog.Logger
+	// WarnInterval: see Logger; 0 = 10s.
+	WarnInterval time.Duration
 	// HandshakeTimeout drops a client that does not finish the handshake
-	// in time; 0 = 30s.
+	// in time; 0 = 10s.
 	HandshakeTimeout time.Duration
 }
 
@@ -45,7 +61,8 @@ type Server struct {
 	exports Exports
 	o       Options
 	log     *slog.Logger
-	active  atomic.Int64
+	track   *tracker
+	warns   *warnLimiter
 	pools   [32]sync.Pool // read/write buffers by power-of-two class
 
 	// panicHook, when set (tests), is told of every recovered panic.
@@ -56,12 +73,15 @@ type Server struct {
 
 // Defaults.
 const (
-	defaultMaxConns         = 64
-	defaultMaxRequest       = 32 << 20
-	defaultWorkers          = 8
-	defaultHandshakeTimeout = 30 * time.Second
-	minMaxRequest           = 512
-	maxMaxRequest           = 1 << 30
+	defaultMaxConns          = 64
+	defaultMaxHandshakes     = 32
+	defaultMaxConnsPerClient = 16
+	defaultWarnInterval      = 10 * time.Second
+	defaultMaxRequest        = 32 << 20
+	defaultWorkers           = 8
+	defaultHandshakeTimeout  = 10 * time.Second
+	minMaxRequest            = 512
+	maxMaxRequest            = 1 << 30
 )
 
 // defaultDrainTimeout bounds how long a closing connection waits for its
@@ -72,6 +92,15 @@ const defaultDrainTimeout = 10 * time.Second
 func NewServer(exports Exports, o Options) *Server {
 	if o.MaxConns <= 0 {
 		o.MaxConns = defaultMaxConns
+	}
+	if o.MaxHandshakes <= 0 {
+		o.MaxHandshakes = defaultMaxHandshakes
+	}
+	if o.MaxConnsPerClient <= 0 {
+		o.MaxConnsPerClient = defaultMaxConnsPerClient
+	}
+	if o.WarnInterval <= 0 {
+		o.WarnInterval = defaultWarnInterval
 	}
 	if o.MaxRequest <= 0 {
 		o.MaxRequest = defaultMaxRequest
@@ -87,7 +116,8 @@ func NewServer(exports Exports, o Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{exports: exports, o: o, log: log, drainTimeout: defaultDrainTimeout}
+	return &Server{exports: exports, o: o, log: log, track: newTracker(o), warns: newWarnLimiter(o.WarnInterval),
+		drainTimeout: defaultDrainTimeout}
 }
 
 // Serve accepts connections on ln and serves them until ctx is cancelled
@@ -117,7 +147,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if errors.Is(aerr, syscall.EMFILE) || errors.Is(aerr, syscall.ENFILE) {
 				// Out of descriptors: wait for connections to end.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("nbd: accept", "err", aerr, "retry_in", backoff)
+				s.warn("", s.log, "nbd: accept", "err", aerr, "retry_in", backoff)
 				select {
 				case <-time.After(backoff):
 					continue
@@ -129,23 +159,51 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			break
 		}
 		backoff = 0
-		if n := s.active.Add(1); n > int64(s.o.MaxConns) {
-			s.active.Add(-1)
-			s.log.Warn("nbd: too many connections, refused", "remote", remoteAddr(c), "max", s.o.MaxConns)
+		nc := s.newConn(c)
+		evict, refused := s.track.admit(nc)
+		for _, old := range evict {
+			s.warn(old.key, old.log, "nbd: too many connections in the handshake; closing the oldest", "max_handshakes", s.o.MaxHandshakes, "max_per_client", s.o.MaxConnsPerClient)
+			old.raw.Close() // its goroutine ends it (reason errEvicted)
+		}
+		if refused != "" {
+			s.warn(nc.key, nc.log, "nbd: connection refused", "reason", refused, "max_sessions", s.o.MaxConns, "max_per_client", s.o.MaxConnsPerClient)
 			c.Close()
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer s.active.Add(-1)
-			s.serveConn(ctx, c)
+			defer s.track.done(nc)
+			s.serveConn(ctx, nc)
 		}()
 	}
 	cancel()
 	ln.Close()
 	wg.Wait()
+	for key, n := range s.warns.drain() {
+		s.log.Warn("nbd: warnings suppressed", "remote", key, "suppressed", n)
+	}
 	return err
+}
+
+// warn logs a warning about client key (log names it) unless too many
+// came from that client lately (Options.WarnInterval).
+func (s *Server) warn(key string, log *slog.Logger, msg string, args ...any) {
+	ok, n := s.warns.allow(key)
+	if !ok {
+		return
+	}
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	log.Warn(msg, args...)
+}
+
+// newConn makes the conn of an accepted connection.
+func (s *Server) newConn(nc net.Conn) *conn {
+	c := &conn{srv: s, raw: nc, nc: nc, remote: remoteAddr(nc), key: clientKey(nc.RemoteAddr())}
+	c.log = s.log.With("remote", c.remote)
+	return c
 }
 
 func remoteAddr(c net.Conn) string {
@@ -156,21 +214,15 @@ func remoteAddr(c net.Conn) string {
 }
 
 // serveConn runs one connection to its end: handshake, then transmission.
-func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
+func (s *Server) serveConn(ctx context.Context, c *conn) {
+	nc := c.raw
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true) // the spec asks both ends to disable Nagle
 	}
-	c := &conn{
-		srv:    s,
-		raw:    nc,
-		nc:     nc,
-		remote: remoteAddr(nc),
-	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	defer c.cancel()
-	log := s.log.With("remote", c.remote)
-	c.log = log
-	log.Info("nbd: connection opened")
+	log := c.log
+	log.Debug("nbd: connection opened")
 
 	// Server shutdown: wake the reader; pending replies still go out.
 	stop := context.AfterFunc(ctx, func() {
@@ -185,6 +237,9 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	c.nc.Close() // for TLS this sends close_notify first
 	nc.Close()
 
+	if c.evicted.Load() && c.export == nil {
+		reason = errEvicted
+	}
 	args := []any{"export", c.exportName, "requests", c.requests.Load()}
 	if reason != nil {
 		args = append(args, "reason", reason)
@@ -193,8 +248,15 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		if err := c.closeExport(reason); err != nil {
 			args = append(args, "close_err", err)
 		}
+		log.Info("nbd: connection closed", args...)
+	} else {
+		// Only sessions are worth a line at Info: a connection flood
+		// must not fill the log.
+		log.Debug("nbd: connection closed", args...)
 	}
-	log.Info("nbd: connection closed", args...)
+	if n := s.warns.due(c.key); n > 0 {
+		log.Warn("nbd: warnings suppressed", "suppressed", n)
+	}
 }
 
 // run performs the handshake and the transmission phase; it returns why

@@ -328,12 +328,17 @@ func TestMaxConns(t *testing.T) {
 		c.SetDeadline(time.Now().Add(20 * time.Second))
 		return c
 	}
+	// MaxConns counts sessions, not connections in the handshake.
 	a, b := dial(), dial()
 	defer a.Close()
 	defer b.Close()
 	for _, c := range []net.Conn{a, b} {
-		if _, err := greet(c, 3); err != nil {
+		tc, err := greet(c, 3)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if rs, err := tc.option(7, goData("disk")); err != nil || final(rs) != 1 {
+			t.Fatalf("GO: %v %v", rs, err)
 		}
 	}
 	c := dial()
@@ -393,7 +398,7 @@ func TestLogging(t *testing.T) {
 	h.stop()
 	logs := h.logs.String()
 	for _, want := range []string{
-		`level=INFO msg="nbd: connection opened" remote=pipe`,
+		`level=DEBUG msg="nbd: connection opened" remote=pipe`,
 		`level=INFO msg="nbd: export opened" remote=pipe export=disk`,
 		`level=INFO msg="nbd: connection closed" remote=pipe export=disk requests=1`,
 	} {

@@ -74,7 +74,7 @@ func (c *conn) readRequests(sem chan struct{}, wg *sync.WaitGroup) error {
 				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
 					return c.readErr(err)
 				}
-				c.log.Warn("nbd: request refused", "cmd", r.typ, "offset", r.off, "length", r.length, "err", msg)
+				c.warnf("nbd: request refused", "cmd", r.typ, "offset", r.off, "length", r.length, "err", msg)
 				c.replyError(r, errno, msg, false, 0)
 				continue
 			}
@@ -198,7 +198,7 @@ func (c *conn) handle(r *request) {
 		}
 	}()
 	if errno, msg := c.validate(r); errno != 0 {
-		c.log.Warn("nbd: request refused", "cmd", r.typ, "offset", r.off, "length", r.length, "err", msg)
+		c.warnf("nbd: request refused", "cmd", r.typ, "offset", r.off, "length", r.length, "err", msg)
 		c.replyError(r, errno, msg, false, 0)
 		return
 	}

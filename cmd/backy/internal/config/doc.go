@@ -96,6 +96,9 @@
 //	tls_key = <path>                   PEM private key of the certificate, unencrypted
 //	tls = off|optional|required        default off without tls_cert, optional with it, required with tls_client_ca
 //	tls_client_ca = <path>             PEM CA certificates; clients must present a certificate they signed
+//	max_connections = <n>              sessions at once, 1..4096; default 64
+//	max_connections_per_client = <n>   connections from one IP address, 1..4096; default 16
+//	handshake_timeout = <duration>     1s..10m (or seconds); default 10s
 //
 // The files are read while parsing (at most 1 MiB each): tls_cert must
 // hold at least one certificate, tls_key a private key that is not

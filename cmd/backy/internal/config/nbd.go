@@ -37,6 +37,13 @@ type NBD struct {
 	// without a certificate, TLSOptional with one, TLSRequired with
 	// TLSClientCA. TLSOptional and TLSRequired imply TLSCert and TLSKey.
 	TLS string
+	// MaxConnections bounds the sessions (connections past the NBD
+	// handshake), 1 to 4096; MaxConnectionsPerClient the connections from
+	// one IP address, 1 to 4096; HandshakeTimeout how long a connection
+	// may take to finish the handshake, 1s to 10m. 0 = the server's
+	// default (64, 16, 10s; see versions/nbd).
+	MaxConnections, MaxConnectionsPerClient int
+	HandshakeTimeout                        time.Duration
 }
 
 // The values of [NBD].TLS.
@@ -54,9 +61,17 @@ const (
 	maxPEMFileSize = 1 << 20
 
 	nbdKeyTLS      = "tls"
-	nbdKeyCert     = "tls_cert"
-	nbdKeyKey      = "tls_key"
-	nbdKeyClientCA = "tls_client_ca"
+	nbdKeyMaxConns = "max_connections"
+	nbdKeyPerIP    = "max_connections_per_client"
+	nbdKeyHSTime   = "handshake_timeout"
+
+	// The ranges of the limits of [NBD].
+	maxNBDConns         = 4096
+	minNBDHandshakeTime = time.Second
+	maxNBDHandshakeTime = 10 * time.Minute
+	nbdKeyCert          = "tls_cert"
+	nbdKeyKey           = "tls_key"
+	nbdKeyClientCA      = "tls_client_ca"
 
 	// makeCert tells how to get a certificate and key for testing.
 	makeCert = "e.g. openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 -subj /CN=backy-nbd -keyout nbd.key -out nbd.crt"
@@ -120,6 +135,58 @@ var nbdKeys = []keyDef{
 		p.cfg.NBD.TLSClientCA = path
 		return ""
 	}},
+	{name: nbdKeyMaxConns, set: func(p *parser, v string) string {
+		n, msg := parseNBDCount(v, "sessions at once")
+		p.cfg.NBD.MaxConnections = n
+		return msg
+	}},
+	{name: nbdKeyPerIP, set: func(p *parser, v string) string {
+		n, msg := parseNBDCount(v, "connections from one IP address")
+		p.cfg.NBD.MaxConnectionsPerClient = n
+		return msg
+	}},
+	{name: nbdKeyHSTime, set: func(p *parser, v string) string {
+		d, msg := parseNBDHandshakeTimeout(v)
+		p.cfg.NBD.HandshakeTimeout = d
+		return msg
+	}},
+}
+
+// parseNBDCount parses a limit of [NBD]: an integer from 1 to
+// maxNBDConns, of what.
+func parseNBDCount(v, what string) (int, string) {
+	expected := fmt.Sprintf("expected a number of %s from 1 to %d", what, maxNBDConns)
+	if v == "" || strings.Trim(v, "0123456789") != "" {
+		return 0, fmt.Sprintf("%s is not a whole number (%s)", quote(v), expected)
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxNBDConns {
+		return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
+	}
+	return n, ""
+}
+
+// parseNBDHandshakeTimeout parses [NBD] handshake_timeout: a Go duration
+// (10s, 1m) or a number of seconds, from 1s to 10m.
+func parseNBDHandshakeTimeout(v string) (time.Duration, string) {
+	const expected = "expected a duration such as 10s or 1m, or a number of seconds, from 1s to 10m"
+	var d time.Duration
+	if v != "" && strings.Trim(v, "0123456789") == "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n > int64(maxNBDHandshakeTime/time.Second) {
+			return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
+		}
+		d = time.Duration(n) * time.Second
+	} else {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			return 0, fmt.Sprintf("%s is not a duration (%s)", quote(v), expected)
+		}
+	}
+	if d < minNBDHandshakeTime || d > maxNBDHandshakeTime {
+		return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
+	}
+	return d, ""
 }
 
 // nbdFile resolves the path v of a PEM file of [NBD] holding what and
@@ -247,6 +314,12 @@ func keyPair(certPath string, certPEM []byte, keyPath string, keyPEM []byte) (tl
 	}
 	return c, ""
 }
+
+// ParseListen checks a listen address given outside the file (backy nbd
+// --listen) by the rules of [NBD] listen: it returns the address as
+// net.JoinHostPort writes it, or a one-line message saying what is wrong
+// and what is expected.
+func ParseListen(v string) (addr, msg string) { return parseListen(v) }
 
 // parseListen checks that v is host:port with a numeric port from 1 to
 // 65535 and returns it as net.JoinHostPort writes it.

@@ -312,7 +312,7 @@ var nbdErrorTests = []struct {
 	{"wrong case section", "[nbd]\n" + required, 1, "", []string{"did you mean [NBD]"}},
 	{"unknown section lists NBD", "[NBDServer]\n" + required, 1, "", []string{"[DataBackend], [NBD] or [EncryptionN]"}},
 	{"duplicate section", nbdInput("[NBD]\n"), 6, "", []string{"duplicate section [NBD]", "line 5"}},
-	{"unknown key", nbdInput("tls_ca = /x\n"), 6, "tls_ca", []string{"[NBD] tls_ca: unknown key (expected one of listen, tls_cert, tls_key, tls, tls_client_ca)"}},
+	{"unknown key", nbdInput("tls_ca = /x\n"), 6, "tls_ca", []string{"[NBD] tls_ca: unknown key (expected one of listen, tls_cert, tls_key, tls, tls_client_ca, max_connections, max_connections_per_client, handshake_timeout)"}},
 	{"NBD key in DEFAULTS", "[DEFAULTS]\nlisten = :10809\n" + required, 2, "listen", []string{"[DEFAULTS]", "unknown key"}},
 	{"duplicate key", nbdInput("listen = :1\nListen = :2\n"), 7, "listen", []string{"duplicate key", "line 6"}},
 
@@ -639,7 +639,8 @@ func TestNBDExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example [NBD] with every key set:\n%s\ndoes not parse: %v", b.String(), err)
 	}
-	if w := (NBD{Listen: "127.0.0.1:10809", TLSCert: crt, TLSKey: key, TLSClientCA: ca, TLS: "required"}); c.NBD != w || c.Warnings != nil {
+	if w := (NBD{Listen: "127.0.0.1:10809", TLSCert: crt, TLSKey: key, TLSClientCA: ca, TLS: "required",
+		MaxConnections: 64, MaxConnectionsPerClient: 16, HandshakeTimeout: 10 * time.Second}); c.NBD != w || c.Warnings != nil {
 		t.Errorf("got %+v, warnings %q; want %+v", c.NBD, c.Warnings, w)
 	}
 }
