@@ -136,6 +136,9 @@ func hint(err error, code int) string {
 		if errors.Is(err, backend.ErrUnavailable) {
 			return "nothing was recorded for what did not reach the backend; once it is reachable, finish an interrupted backup with 'backy backup --resume VERSION'"
 		}
+		if errors.Is(err, syscall.EROFS) {
+			return "that file system is read-only (a read-only store serves ls, stats, restore and export; commands that change it need it writable)"
+		}
 	case exitInterrupted:
 		if errors.Is(err, errCopyInterrupted) {
 			return "run the same copy again to continue where it stopped"
