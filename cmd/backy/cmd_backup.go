@@ -94,7 +94,8 @@ func cmdBackup(e *env) *cli.Command {
 			prog.Done()
 			if err != nil {
 				if v != nil && v.UID != "" && !errors.Is(err, backup.ErrBadResume) {
-					return fmt.Errorf("%w (version %s is left incomplete)", err, v.UID)
+					return &leftError{err, fmt.Sprintf("version %s is left incomplete: finish it with 'backy backup %s %s --resume %s' or remove it with 'backy rm %s'",
+						v.UID, shellQuote(srcSpec), shellQuote(volume), v.UID, v.UID)}
 				}
 				return err
 			}
@@ -161,6 +162,14 @@ func readHints(path string, size int64) ([]hints.Extent, error) {
 		ext = []hints.Extent{}
 	}
 	return ext, nil
+}
+
+// shellQuote quotes s for a command line shown to the operator.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:@%+=,-") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // versionArg fetches the version a command names, with a clear error.

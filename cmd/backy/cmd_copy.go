@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -58,9 +57,6 @@ func cmdCopy(e *env) *cli.Command {
 				UIDs: uids, All: c.Bool("all"), Volume: c.String("volume"), Force: c.Bool("force"), DryRun: dry,
 				Logger: e.log,
 			})
-			if errors.Is(err, context.Canceled) || errors.Is(err, errInterrupted) {
-				err = fmt.Errorf("%w: %w", errCopyInterrupted, err)
-			}
 			if rep == nil {
 				return err
 			}
@@ -80,9 +76,6 @@ func cmdCopy(e *env) *cli.Command {
 		},
 	}
 }
-
-// errCopyInterrupted marks an interrupted copy, for its hint.
-var errCopyInterrupted = errors.New("copy interrupted")
 
 // runCopy opens both stores (and, unless a dry run, their keys) and runs
 // the engine.
@@ -151,7 +144,7 @@ func (e *env) runCopy(c *cli.Context, to string, o replicate.Options) (*replicat
 		}
 	}
 	if err != nil && ctx.Err() != nil && !o.DryRun {
-		err = fmt.Errorf("%w; the versions copied so far are complete in the target, and the one being copied is left incomplete there: run the same copy again to continue it", err)
+		err = &leftError{err, "the versions copied so far are complete in the target, and the one being copied is left incomplete there: run the same copy again to continue it"}
 	}
 	return rep, err
 }

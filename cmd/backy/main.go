@@ -27,12 +27,10 @@ func run(args []string) int {
 	if err == nil && env.unknownCommand != "" {
 		err = usageErr("unknown command %q", env.unknownCommand)
 	}
-	code := exitCode(err)
-	if err == nil {
-		code = exitOK
-	} else if ctx.Err() != nil && !errors.Is(err, errExitCode) {
-		code = exitCode(fmt.Errorf("%w: %w", errInterrupted, err))
+	if err != nil && ctx.Err() != nil && !errors.Is(err, errExitCode) {
+		err = interrupted(ctx, err, env.metrics.command)
 	}
+	code := exitCode(err)
 	if merr := env.writeMetrics(code); merr != nil {
 		// Monitoring that silently stops updating is worse than a failed
 		// job: a successful command fails on it.
@@ -44,9 +42,6 @@ func run(args []string) int {
 	}
 	if err == nil {
 		return exitOK
-	}
-	if ctx.Err() != nil && !errors.Is(err, errExitCode) {
-		err = fmt.Errorf("%w: %w", errInterrupted, err)
 	}
 	code = exitCode(err)
 	env.reportError(err, code)
