@@ -31,7 +31,8 @@ func cmdBackup(e *env) *cli.Command {
 			&cli.StringFlag{Name: "from", Usage: "base `VERSION` (valid, same volume) for a differential backup"},
 			&cli.StringFlag{Name: "hints", Usage: "`FILE` of changed extents (rbd diff --format=json); - for stdin"},
 			&cli.StringFlag{Name: "resume", Usage: "finish the incomplete `VERSION` instead of starting a new one"},
-			&cli.StringFlag{Name: "expire", Usage: "expiry `DATE` of the new version for 'backy enforce' (RFC 3339, or YYYY-MM-DD = midnight UTC)"},
+			&cli.StringFlag{Name: "expire", Usage: "expiry `DATE` of the new version for 'backy enforce' (RFC 3339, or YYYY-MM-DD = midnight in the time zone)"},
+			timezoneFlag("time zone of a YYYY-MM-DD --expire date"),
 		},
 		Action: func(c *cli.Context) error {
 			if err := args(c, 2, 2, "SOURCE VOLUME"); err != nil {
@@ -47,7 +48,7 @@ func cmdBackup(e *env) *cli.Command {
 			}
 			var expire *time.Time
 			if c.IsSet("expire") {
-				if expire, err = parseBackupExpire(c.String("expire"), time.Now()); err != nil {
+				if expire, err = parseBackupExpire(c, e, time.Now()); err != nil {
 					return err
 				}
 			}

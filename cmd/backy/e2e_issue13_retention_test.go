@@ -42,3 +42,56 @@ func TestIssue13EnforceKeepsExpiredNewest(t *testing.T) {
 		t.Errorf("ls lists %v, want %v", got, want)
 	}
 }
+
+// TestIssue13DatesOneRule: a YYYY-MM-DD date means midnight in the zone of
+// --timezone, else of the configuration's timezone, in every command that
+// takes one (backup --expire and expire alike).
+func TestIssue13DatesOneRule(t *testing.T) {
+	t.Parallel()
+	b := e2eNewBox(t)
+	cfg := b.path("berlin.cfg")
+	e2eWriteFile(t, cfg, []byte("[DEFAULTS]\ntimezone = Europe/Berlin\n[MetaBackend]\npath = store/backy.db\n[DataBackend]\npath = store/data\n"))
+	b.ok("-c", cfg, "init")
+	img := b.path("disk.img")
+	e2eRandomFile(t, img, 64*e2eKiB, 1321)
+	expireOf := func(r e2eRes) string {
+		t.Helper()
+		v := e2eDecode[e2eRetVersion](t, r)
+		if v.Expire == nil {
+			t.Fatalf("no expiry date:\n%v", r)
+		}
+		return *v.Expire
+	}
+	const berlin = "2998-12-31T23:00:00Z" // 2999-01-01 00:00 in Berlin (CET)
+	v1 := e2eDecode[e2eRetVersion](t, b.ok("-c", cfg, "backup", img, "vol", "--expire", "2999-01-01", "--json"))
+	if v1.Expire == nil || *v1.Expire != berlin {
+		t.Errorf("backup --expire 2999-01-01 with timezone = Europe/Berlin stored %v, want %s", e2eDeref(v1.Expire), berlin)
+	}
+	v2 := e2eDecode[e2eRetVersion](t, b.ok("-c", cfg, "backup", img, "vol", "--json"))
+	if got := expireOf(b.ok("-c", cfg, "expire", v2.UID, "2999-01-01", "--json")); got != berlin {
+		t.Errorf("expire V 2999-01-01 with timezone = Europe/Berlin stored %s, want %s", got, berlin)
+	}
+	// --timezone overrides the configuration, in both.
+	v3 := e2eDecode[e2eRetVersion](t, b.ok("-c", cfg, "backup", img, "vol", "--expire", "2999-07-01", "--timezone", "UTC", "--json"))
+	if v3.Expire == nil || *v3.Expire != "2999-07-01T00:00:00Z" {
+		t.Errorf("backup --expire 2999-07-01 --timezone UTC stored %v", e2eDeref(v3.Expire))
+	}
+	if got := expireOf(b.ok("-c", cfg, "expire", v2.UID, "2999-07-01", "--timezone", "America/New_York", "--json")); got != "2999-07-01T04:00:00Z" {
+		t.Errorf("expire --timezone America/New_York stored %s", got)
+	}
+	// RFC 3339 carries its own offset.
+	if got := expireOf(b.ok("-c", cfg, "expire", v2.UID, "2999-01-01T12:00:00+05:00", "--json")); got != "2999-01-01T07:00:00Z" {
+		t.Errorf("expire with an RFC 3339 date stored %s", got)
+	}
+	r := b.fail(exitUsage, "-c", cfg, "backup", img, "vol", "--expire", "2999-01-01", "--timezone", "Mars/Olympus_Mons")
+	if !strings.Contains(r.stderr, "--timezone") {
+		t.Errorf("a bad --timezone is not named:\n%v", r)
+	}
+}
+
+func e2eDeref(s *string) string {
+	if s == nil {
+		return "(none)"
+	}
+	return *s
+}
