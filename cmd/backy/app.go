@@ -46,6 +46,13 @@ var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON on stdout (logs st
 // metricsFlag, like jsonFlag, is accepted globally and after every command.
 var metricsFlag = &cli.StringFlag{Name: "metrics-file", Usage: "after the command, update Prometheus metrics in `FILE` (atomically; for node_exporter's textfile collector, e.g. /var/lib/node_exporter/backy.prom)"}
 
+// configFlag and logLevelFlag, like jsonFlag, are accepted globally and
+// after every command ("backy init -c /etc/backy.cfg").
+var (
+	configFlag   = &cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (default: $BACKY_CONFIG, else the built-in default store)"}
+	logLevelFlag = &cli.StringFlag{Name: "log-level", Usage: "stderr log level: debug, info, warn, error (default warn; log_file gets log_level)"}
+)
+
 // flagString returns the value of a string flag given globally or to the
 // command (the command's unset flag must not hide the global one).
 func flagString(c *cli.Context, name string) string {
@@ -70,10 +77,10 @@ func newApp(e *env) *cli.App {
 		UseShortOptionHandling: true,
 		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (default: $BACKY_CONFIG, else the built-in default store)"},
+			configFlag,
 			jsonFlag,
 			metricsFlag,
-			&cli.StringFlag{Name: "log-level", Usage: "stderr log level: debug, info, warn, error (default warn; log_file gets log_level)"},
+			logLevelFlag,
 		},
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return usageErr("%v", err)
@@ -106,7 +113,7 @@ func newApp(e *env) *cli.App {
 		},
 	}
 	for _, c := range app.Commands {
-		c.Flags = append(c.Flags, jsonFlag, metricsFlag)
+		c.Flags = append(c.Flags, configFlag, jsonFlag, metricsFlag, logLevelFlag)
 		c.OnUsageError = app.OnUsageError
 		c.Before = chainBefore(e, c.Before)
 		c.After = func(*cli.Context) error { e.close(); return nil }

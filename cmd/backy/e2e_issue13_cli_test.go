@@ -32,3 +32,33 @@ func TestIssue13ProtectAllOrNothing(t *testing.T) {
 		t.Errorf("unprotect prints %q, want %q", r.stdout, want)
 	}
 }
+
+// TestIssue13GlobalFlagsAfterCommand: -c/--config and --log-level work
+// before and after the command name, as --json does (the README's first
+// example is "backy init -c /etc/backy.cfg").
+func TestIssue13GlobalFlagsAfterCommand(t *testing.T) {
+	t.Parallel()
+	b := e2eNewBox(t)
+	cfg := b.path("backy.cfg")
+	e2eWriteFile(t, cfg, []byte("[MetaBackend]\npath = other/backy.db\n[DataBackend]\npath = other/data\n"))
+	b.ok("init", "-c", cfg)
+	img := b.path("disk.img")
+	e2eRandomFile(t, img, 64*e2eKiB, 1327)
+	r := b.ok("backup", img, "vol", "--config", cfg, "--log-level", "info")
+	if !strings.Contains(r.stderr, "backup started") {
+		t.Errorf("--log-level info after the command shows no info lines:\n%v", r)
+	}
+	uid := strings.TrimSpace(r.stdout)
+	if r := b.ok("ls", "vol", "-c", cfg); !strings.Contains(r.stdout, uid) {
+		t.Errorf("ls vol -c CFG does not list the version made in CFG's store:\n%v", r)
+	}
+	if r := b.ok("-c", cfg, "ls", "--log-level=debug"); !strings.Contains(r.stdout, uid) {
+		t.Errorf("-c before and --log-level after the command:\n%v", r)
+	}
+	// Nothing went into the default store.
+	if r := b.ok("ls", "--json"); strings.Contains(r.stdout, uid) {
+		t.Errorf("the version went into the default store:\n%v", r)
+	}
+	b.fail(exitUsage, "ls", "vol", "-c", cfg, "--log-level", "bogus")
+	b.fail(exitNotFound, "ls", "-c", b.path("missing.cfg"))
+}

@@ -75,13 +75,13 @@ func (s *store) Close() {
 // setup reads the configuration and starts logging; every command runs it.
 func (e *env) setup(c *cli.Context) error {
 	e.json = jsonWanted(c)
-	cfg, isDefault, err := config.Resolve(c.String("config"), e.getenv)
+	cfg, isDefault, err := config.Resolve(flagString(c, "config"), e.getenv)
 	if err != nil {
 		return err
 	}
 	e.cfg, e.isDefault = cfg, isDefault
 	level := slog.LevelWarn
-	if l := c.String("log-level"); l != "" {
+	if l := flagString(c, "log-level"); l != "" {
 		if err := level.UnmarshalText([]byte(l)); err != nil {
 			return usageErr("--log-level %q: use debug, info, warn or error", l)
 		}
