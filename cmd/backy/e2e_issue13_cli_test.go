@@ -62,3 +62,39 @@ func TestIssue13GlobalFlagsAfterCommand(t *testing.T) {
 	b.fail(exitUsage, "ls", "vol", "-c", cfg, "--log-level", "bogus")
 	b.fail(exitNotFound, "ls", "-c", b.path("missing.cfg"))
 }
+
+// TestIssue13SizeFlags: size flags take the configuration's units
+// (init --block-size 1MiB as block_size = 1MiB), and messages print sizes
+// in units.
+func TestIssue13SizeFlags(t *testing.T) {
+	t.Parallel()
+	b := e2eNewBox(t)
+	cfg := b.path("backy.cfg")
+	e2eWriteFile(t, cfg, []byte("[MetaBackend]\npath = s/backy.db\n[DataBackend]\npath = s/data\n"))
+	r := b.ok("-c", cfg, "init", "--block-size", "1MiB", "--json")
+	if got := e2eDecode[map[string]any](t, r)["block_size"]; got != float64(1<<20) {
+		t.Errorf("init --block-size 1MiB made block size %v", got)
+	}
+	img := b.path("disk.img")
+	e2eRandomFile(t, img, 3*e2eMiB, 1329)
+	if v := b.backup(img, "vol", "-c", cfg); v.BlockSize != 1<<20 {
+		t.Errorf("a backup into the 1MiB store has block size %d", v.BlockSize)
+	}
+	for _, bad := range []string{"1KiB", "3000", "1.5MiB", "lots"} {
+		cfg2 := b.path("bad-" + bad + ".cfg")
+		e2eWriteFile(t, cfg2, []byte("[MetaBackend]\npath = bad/backy.db\n[DataBackend]\npath = bad/data\n"))
+		r := b.fail(exitUsage, "-c", cfg2, "init", "--block-size", bad)
+		if !strings.Contains(r.stderr, "--block-size") || strings.Contains(r.stderr, "65536") || strings.Contains(r.stderr, "67108864") {
+			t.Errorf("init --block-size %s: want the flag named and the range in units:\n%v", bad, r)
+		}
+	}
+	// The default store's first use says its block size in units.
+	r = b.ok("ls")
+	if !strings.Contains(r.stderr, "block size 4MiB") {
+		t.Errorf("the new default store's line does not give its block size in units:\n%v", r)
+	}
+	r = b.fail(exitUsage, "nbd", "--cache-size", "1KiB", "--read-only")
+	if !strings.Contains(r.stderr, "1MiB to 64GiB") {
+		t.Errorf("nbd --cache-size 1KiB:\n%v", r)
+	}
+}

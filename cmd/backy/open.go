@@ -135,8 +135,8 @@ func (e *env) openStoreInner(ctx context.Context) (*store, error) {
 		if err != nil || !created {
 			return s, err
 		}
-		fmt.Fprintf(e.stderr, "backy: created a new store in %s (block size %d); set BACKY_HOME or use -c FILE for another\n",
-			filepath.Dir(cfg.Meta.Path), cfg.Defaults.BlockSize)
+		fmt.Fprintf(e.stderr, "backy: created a new store in %s (block size %s); set BACKY_HOME or use -c FILE for another\n",
+			filepath.Dir(cfg.Meta.Path), config.FormatSize(cfg.Defaults.BlockSize))
 		return s, nil
 	}
 	return e.openExisting(ctx)
