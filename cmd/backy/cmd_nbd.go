@@ -42,7 +42,10 @@ func cmdNBD(e *env) *cli.Command {
 		Action: e.withStore(0, 0, "no arguments", func(c *cli.Context, s *store) error {
 			ctx := c.Context
 			ro := c.Bool("read-only")
-			var err error
+			cache, err := nbdCacheSize(c)
+			if err != nil {
+				return err
+			}
 			if ro {
 				_, err = s.blocksAt(ctx, 0)
 			} else {
@@ -62,10 +65,6 @@ func cmdNBD(e *env) *cli.Command {
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				return fmt.Errorf("listening on %s: %w", addr, err)
-			}
-			cache, err := nbdCacheSize(c)
-			if err != nil {
-				return err
 			}
 			ex := &nbdExports{e: e, s: s, ro: ro, discard: c.Bool("discard-changes"), cache: cache}
 			where := "loopback only"
