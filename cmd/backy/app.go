@@ -26,9 +26,9 @@ var randRead = rand.Read
 const exitCodesHelp = `EXIT CODES:
    0    success
    1    unexpected internal error
-   64   bad command line (unknown flag, missing argument, unusable --from/--resume version, protected version)
+   64   bad command line (unknown command or flag, missing argument, unusable --from/--resume version, protected version)
    65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read)
-   66   not found (source, version, store, configuration file)
+   66   not found (source, version, volume, store, configuration file)
    70   integrity failure (corrupt or missing stored block, incomplete or invalid version)
    71   no space left on device
    73   cannot create (restore target exists or is too small, store already exists)
@@ -38,7 +38,7 @@ const exitCodesHelp = `EXIT CODES:
    78   configuration error
    79   the store was written by a newer backy
    80   scrub or deep-scrub found damage (listed; blocks and versions now marked invalid)
-   130  interrupted`
+   130  interrupted (the message says what the command left behind)`
 
 // jsonFlag is accepted globally and after every command.
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON on stdout (logs stay on stderr)"}

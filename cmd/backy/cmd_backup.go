@@ -136,6 +136,9 @@ func parseLabels(in []string) (map[string]string, error) {
 		if !ok || k == "" || strings.ContainsAny(k, " \t\n") {
 			return nil, usageErr("--label %q: use KEY=VALUE with a non-empty key without spaces", l)
 		}
+		if prev, dup := out[k]; dup {
+			return nil, usageErr("--label %s is given twice (%q and %q): give each key once", k, k+"="+prev, l)
+		}
 		out[k] = v
 	}
 	return out, nil

@@ -155,8 +155,12 @@ func printCopy(e *env, rep *replicate.Report) {
 	counts := map[replicate.State]int{}
 	for _, v := range rep.Versions {
 		counts[v.State]++
+		secs := fmt.Sprintf("%.1f", v.DurationSeconds)
+		if rep.DryRun {
+			secs = "-" // nothing was copied
+		}
 		rows = append(rows, []string{v.UID, v.Volume, string(v.State), fmt.Sprint(v.BlocksSent), fmt.Sprint(v.BlocksDeduplicated),
-			ui.Bytes(v.BytesSent), fmt.Sprintf("%.1f", v.DurationSeconds)})
+			ui.Bytes(v.BytesSent), secs})
 		switch {
 		case v.Error != "":
 			notes = append(notes, v.UID+": "+v.Error)

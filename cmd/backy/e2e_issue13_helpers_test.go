@@ -38,3 +38,15 @@ func (b *e2eBox) runWith(program string, args []string) e2eRes {
 	e2eCheckRace(b.t, r)
 	return r
 }
+
+// e2eBackupIn backs up src as a new version of volume in the store of
+// configuration cfg ("-c cfg" before the command), which must succeed.
+func (b *e2eBox) e2eBackupIn(cfg, src, volume string, extra ...string) e2eVersion {
+	b.t.Helper()
+	r := b.ok(append([]string{"-c", cfg, "backup", src, volume, "--json"}, extra...)...)
+	v := e2eDecode[e2eVersion](b.t, r)
+	if v.Status != "valid" {
+		b.t.Fatalf("backup made %+v:\n%v", v, r)
+	}
+	return v
+}

@@ -25,7 +25,7 @@ func run(args []string) int {
 	app := newApp(env)
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err == nil && env.unknownCommand != "" {
-		err = usageErr("unknown command %q", env.unknownCommand)
+		err = usageErr("unknown command %q%s", env.unknownCommand, didYouMean(app, env.unknownCommand))
 	}
 	if err != nil && ctx.Err() != nil && !errors.Is(err, errExitCode) {
 		err = interrupted(ctx, err, env.metrics.command)

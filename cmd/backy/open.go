@@ -86,7 +86,9 @@ func (e *env) setup(c *cli.Context) error {
 			return usageErr("--log-level %q: use debug, info, warn or error", l)
 		}
 	}
-	handlers := []slog.Handler{slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level})}
+	// stderr is read by people ("backy: warning: ..."); the log_file keeps
+	// structured lines.
+	handlers := []slog.Handler{newHumanHandler(e.stderr, level)}
 	if cfg.Defaults.LogFile != "" {
 		f, err := os.OpenFile(cfg.Defaults.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 		if err != nil {

@@ -78,6 +78,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions"
 )
 
 // Options of Evaluate.
@@ -132,7 +133,7 @@ func Evaluate(vs []*metastore.Version, rules Rules, o Options) []Decision {
 			d := &out[i]
 			if d.Remove && now.Sub(d.Version.Date) < o.MinAge {
 				d.Remove, d.TooYoung = false, true
-				d.Reason += fmt.Sprintf("; kept: younger than %s (disallow_rm_when_younger_than_days)", o.MinAge)
+				d.Reason += fmt.Sprintf("; kept: younger than %s (disallow_rm_when_younger_than_days)", versions.FormatDuration(o.MinAge))
 			}
 		}
 	}
