@@ -2,23 +2,76 @@ package main
 
 import (
 	"crypto/rand"
+	"regexp"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..."
+// (make build, make install: git describe).
 var version = ""
+
+// devVersion is the version of a build that says nothing better.
+const devVersion = "0.1.0-dev"
 
 func backyVersion() string {
 	if version != "" {
 		return version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+	bi, _ := debug.ReadBuildInfo()
+	return buildVersion(bi).version
+}
+
+// builtFrom is what the Go toolchain recorded about the source of a build.
+type builtFrom struct {
+	version  string // what 'backy version' shows
+	commit   string // vcs.revision, "" when not recorded
+	time     string // vcs.time (RFC 3339)
+	modified bool   // vcs.modified: the work tree had changes
+}
+
+// pseudoVersion matches a Go pseudo-version's tail ("v0.0.0-20261208003402-0476f7d74f80").
+var pseudoVersion = regexp.MustCompile(`\d{14}-[0-9a-f]{12}(\+incompatible)?$`)
+
+// buildVersion derives the version from the build info: a release
+// version (go install .../cmd/backy@v1.2.3) as is; otherwise, when the
+// build recorded its commit (go build/install in a clone stamps
+// vcs.revision, vcs.time, vcs.modified), devVersion+COMMIT[.dirty], so that
+// 'backy version' names the commit rather than an opaque pseudo-version.
+func buildVersion(bi *debug.BuildInfo) builtFrom {
+	var b builtFrom
+	if bi == nil {
+		b.version = devVersion
+		return b
 	}
-	return "0.1.0-dev"
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			b.commit = s.Value
+		case "vcs.time":
+			b.time = s.Value
+		case "vcs.modified":
+			b.modified = s.Value == "true"
+		}
+	}
+	v := bi.Main.Version
+	switch {
+	case v != "" && v != "(devel)" && !pseudoVersion.MatchString(v) && !strings.HasSuffix(v, "+dirty"):
+		b.version = v
+	case b.commit != "":
+		b.version = devVersion + "+" + b.commit[:min(12, len(b.commit))]
+		if b.modified {
+			b.version += ".dirty"
+		}
+	case v != "" && v != "(devel)":
+		b.version = v // a pseudo-version without VCS settings still names a commit
+	default:
+		b.version = devVersion
+	}
+	return b
 }
 
 var randRead = rand.Read
