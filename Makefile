@@ -18,9 +18,14 @@ install:
 
 # The whole test suite: unit, end-to-end (built binary, real ext4 images,
 # a real S3 server), with the race detector. .ci/run calls exactly this.
+# It takes several minutes (the end-to-end package most of them):
+# backy-testprogress prints a line per package as it finishes, every minute
+# what is still running, and the full output of whatever fails, and exits
+# with go test's status.
 test:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) build -o bin/backy-testprogress ./cmd/backy-testprogress
+	GO=$(GO) bin/backy-testprogress -race -count=1 -timeout 30m ./...
 
 # The S3 tier alone: every test named *S3*, against a real S3 server
 # (versitygw, built once by the tests' harness with go install at a pinned

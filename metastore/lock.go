@@ -24,13 +24,34 @@ type Lock struct {
 // dbPath: "<dbPath>.locks".
 func LockDir(dbPath string) string { return dbPath + ".locks" }
 
+// lockFile locks the file at path, creating it (and its directory) if
+// need be.
+//
+// On a read-only filesystem (EROFS) a lock file cannot be created, and
+// read-only commands must still work there (a store on a read-only mount
+// or snapshot): a lock file that exists is opened read-only and locked as
+// usual (flock needs no write access), so a reader still excludes a writer
+// elsewhere that locks the same file; a shared lock whose file does not
+// exist is skipped, since no process can take it through a read-only
+// mount either. An exclusive lock is never skipped: its holder writes.
 func lockFile(path string, exclusive, wait bool, what string) (*Lock, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("creating lock directory: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	var f *os.File
+	err := os.MkdirAll(filepath.Dir(path), 0o700)
 	if err != nil {
-		return nil, fmt.Errorf("opening lock %s: %w", path, err)
+		err = fmt.Errorf("creating lock directory: %w", err)
+	} else if f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		err = fmt.Errorf("opening lock %s: %w", path, err)
+	}
+	if errors.Is(err, syscall.EROFS) {
+		var oerr error
+		if f, oerr = os.Open(path); oerr == nil {
+			err = nil
+		} else if errors.Is(oerr, os.ErrNotExist) && !exclusive {
+			return &Lock{path: path}, nil
+		}
+	}
+	if err != nil {
+		return nil, err
 	}
 	how := syscall.LOCK_SH
 	if exclusive {

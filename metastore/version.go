@@ -69,6 +69,15 @@ type ScrubRecord struct {
 	BlocksDiffering int64 `json:"blocks_differing,omitempty"`
 }
 
+// MarshalJSON writes the record with At in whole seconds (RFC 3339, UTC),
+// as every date of the version object is written.
+func (r ScrubRecord) MarshalJSON() ([]byte, error) {
+	type plain ScrubRecord
+	p := plain(r)
+	p.At = p.At.UTC().Truncate(time.Second)
+	return json.Marshal(p)
+}
+
 // Blocks returns the number of blocks of the version.
 func (v *Version) Blocks() int64 {
 	if v.BlockSize <= 0 {

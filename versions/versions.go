@@ -69,7 +69,7 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 		}
 		if age := o.Now.Sub(v.Date); age < o.MinAge {
 			return fmt.Errorf("%w: %s is %s old, the minimum is %s (disallow_rm_when_younger_than_days); use --force to remove it anyway",
-				ErrTooYoung, uid, age.Round(time.Minute), o.MinAge)
+				ErrTooYoung, uid, FormatDuration(age), FormatDuration(o.MinAge))
 		}
 	}
 	if o.Check != nil {

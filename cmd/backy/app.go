@@ -2,23 +2,76 @@ package main
 
 import (
 	"crypto/rand"
+	"regexp"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..."
+// (make build, make install: git describe).
 var version = ""
+
+// devVersion is the version of a build that says nothing better.
+const devVersion = "0.1.0-dev"
 
 func backyVersion() string {
 	if version != "" {
 		return version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+	bi, _ := debug.ReadBuildInfo()
+	return buildVersion(bi).version
+}
+
+// builtFrom is what the Go toolchain recorded about the source of a build.
+type builtFrom struct {
+	version  string // what 'backy version' shows
+	commit   string // vcs.revision, "" when not recorded
+	time     string // vcs.time (RFC 3339)
+	modified bool   // vcs.modified: the work tree had changes
+}
+
+// pseudoVersion matches a Go pseudo-version's tail ("v0.0.0-20261208003402-0476f7d74f80").
+var pseudoVersion = regexp.MustCompile(`\d{14}-[0-9a-f]{12}(\+incompatible)?$`)
+
+// buildVersion derives the version from the build info: a release
+// version (go install .../cmd/backy@v1.2.3) as is; otherwise, when the
+// build recorded its commit (go build/install in a clone stamps
+// vcs.revision, vcs.time, vcs.modified), devVersion+COMMIT[.dirty], so that
+// 'backy version' names the commit rather than an opaque pseudo-version.
+func buildVersion(bi *debug.BuildInfo) builtFrom {
+	var b builtFrom
+	if bi == nil {
+		b.version = devVersion
+		return b
 	}
-	return "0.1.0-dev"
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			b.commit = s.Value
+		case "vcs.time":
+			b.time = s.Value
+		case "vcs.modified":
+			b.modified = s.Value == "true"
+		}
+	}
+	v := bi.Main.Version
+	switch {
+	case v != "" && v != "(devel)" && !pseudoVersion.MatchString(v) && !strings.HasSuffix(v, "+dirty"):
+		b.version = v
+	case b.commit != "":
+		b.version = devVersion + "+" + b.commit[:min(12, len(b.commit))]
+		if b.modified {
+			b.version += ".dirty"
+		}
+	case v != "" && v != "(devel)":
+		b.version = v // a pseudo-version without VCS settings still names a commit
+	default:
+		b.version = devVersion
+	}
+	return b
 }
 
 var randRead = rand.Read
@@ -26,10 +79,10 @@ var randRead = rand.Read
 const exitCodesHelp = `EXIT CODES:
    0    success
    1    unexpected internal error
-   64   bad command line (unknown flag, missing argument, unusable --from/--resume version, protected version)
+   64   bad command line (unknown command or flag, missing argument, unusable --from/--resume version, protected version)
    65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read;
         deep-scrub --source: the version differs from the source, nothing marked)
-   66   not found (source, version, store, configuration file)
+   66   not found (source, version, volume, store, configuration file)
    70   integrity failure (corrupt or missing stored block, incomplete or invalid version)
    71   no space left on device
    73   cannot create (restore target exists or is too small, store already exists)
@@ -39,13 +92,20 @@ const exitCodesHelp = `EXIT CODES:
    78   configuration error
    79   the store was written by a newer backy
    80   scrub or deep-scrub found damage (listed; blocks and versions now marked invalid)
-   130  interrupted`
+   130  interrupted (the message says what the command left behind)`
 
 // jsonFlag is accepted globally and after every command.
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON on stdout (logs stay on stderr)"}
 
 // metricsFlag, like jsonFlag, is accepted globally and after every command.
 var metricsFlag = &cli.StringFlag{Name: "metrics-file", Usage: "after the command, update Prometheus metrics in `FILE` (atomically; for node_exporter's textfile collector, e.g. /var/lib/node_exporter/backy.prom)"}
+
+// configFlag and logLevelFlag, like jsonFlag, are accepted globally and
+// after every command ("backy init -c /etc/backy.cfg").
+var (
+	configFlag   = &cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (default: $BACKY_CONFIG, else the built-in default store)"}
+	logLevelFlag = &cli.StringFlag{Name: "log-level", Usage: "stderr log level: debug, info, warn, error (default warn; log_file gets log_level)"}
+)
 
 // flagString returns the value of a string flag given globally or to the
 // command (the command's unset flag must not hide the global one).
@@ -71,10 +131,10 @@ func newApp(e *env) *cli.App {
 		UseShortOptionHandling: true,
 		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (default: $BACKY_CONFIG, else the built-in default store)"},
+			configFlag,
 			jsonFlag,
 			metricsFlag,
-			&cli.StringFlag{Name: "log-level", Usage: "stderr log level: debug, info, warn, error (default warn; log_file gets log_level)"},
+			logLevelFlag,
 		},
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return usageErr("%v", err)
@@ -107,7 +167,7 @@ func newApp(e *env) *cli.App {
 		},
 	}
 	for _, c := range app.Commands {
-		c.Flags = append(c.Flags, jsonFlag, metricsFlag)
+		c.Flags = append(c.Flags, configFlag, jsonFlag, metricsFlag, logLevelFlag)
 		c.OnUsageError = app.OnUsageError
 		c.Before = chainBefore(e, c.Before)
 	}

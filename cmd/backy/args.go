@@ -75,3 +75,55 @@ func flagArity(flags []cli.Flag) map[string]bool {
 	}
 	return m
 }
+
+// didYouMean suggests the commands closest to a mistyped name: those at
+// the smallest edit distance, at most 2 (1 for names of up to 3 letters),
+// or those the name is a prefix of. It returns " (did you mean ...?)" or "".
+func didYouMean(app *cli.App, name string) string {
+	limit := 2
+	if len(name) <= 3 {
+		limit = 1
+	}
+	best, picks := limit+1, []string(nil)
+	for _, c := range app.Commands {
+		if c.Hidden {
+			continue
+		}
+		d := editDistance(strings.ToLower(name), c.Name)
+		if d > limit && len(name) >= 2 && strings.HasPrefix(c.Name, strings.ToLower(name)) {
+			d = limit // a prefix: as good as the worst close match
+		}
+		switch {
+		case d > limit:
+		case d < best:
+			best, picks = d, []string{c.Name}
+		case d == best:
+			picks = append(picks, c.Name)
+		}
+	}
+	if len(picks) == 0 {
+		return ""
+	}
+	return " (did you mean '" + strings.Join(picks, "' or '") + "'?)"
+}
+
+// editDistance is the Levenshtein distance of a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

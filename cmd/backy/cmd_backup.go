@@ -31,7 +31,8 @@ func cmdBackup(e *env) *cli.Command {
 			&cli.StringFlag{Name: "from", Usage: "base `VERSION` (valid, same volume) for a differential backup"},
 			&cli.StringFlag{Name: "hints", Usage: "`FILE` of changed extents (rbd diff --format=json); - for stdin"},
 			&cli.StringFlag{Name: "resume", Usage: "finish the incomplete `VERSION` instead of starting a new one"},
-			&cli.StringFlag{Name: "expire", Usage: "expiry `DATE` of the new version for 'backy enforce' (RFC 3339, or YYYY-MM-DD = midnight UTC)"},
+			&cli.StringFlag{Name: "expire", Usage: "expiry `DATE` of the new version for 'backy enforce' (RFC 3339, or YYYY-MM-DD = midnight in the time zone)"},
+			timezoneFlag("time zone of a YYYY-MM-DD --expire date"),
 		},
 		Action: func(c *cli.Context) error {
 			if err := args(c, 2, 2, "SOURCE VOLUME"); err != nil {
@@ -49,7 +50,7 @@ func cmdBackup(e *env) *cli.Command {
 			}
 			var expire *time.Time
 			if c.IsSet("expire") {
-				if expire, err = parseBackupExpire(c.String("expire"), time.Now()); err != nil {
+				if expire, err = parseBackupExpire(c, e, time.Now()); err != nil {
 					return err
 				}
 			}
@@ -96,7 +97,8 @@ func cmdBackup(e *env) *cli.Command {
 			prog.Done()
 			if err != nil {
 				if v != nil && v.UID != "" && !errors.Is(err, backup.ErrBadResume) {
-					return fmt.Errorf("%w (version %s is left incomplete)", err, v.UID)
+					return &leftError{err, fmt.Sprintf("version %s is left incomplete: finish it with 'backy backup %s %s --resume %s' or remove it with 'backy rm %s'",
+						v.UID, shellQuote(srcSpec), shellQuote(volume), v.UID, v.UID)}
 				}
 				return err
 			}
@@ -138,6 +140,9 @@ func parseLabels(in []string) (map[string]string, error) {
 		if !ok || k == "" || strings.ContainsAny(k, " \t\n") {
 			return nil, usageErr("--label %q: use KEY=VALUE with a non-empty key without spaces", l)
 		}
+		if prev, dup := out[k]; dup {
+			return nil, usageErr("--label %s is given twice (%q and %q): give each key once", k, k+"="+prev, l)
+		}
 		out[k] = v
 	}
 	return out, nil
@@ -165,6 +170,14 @@ func readHints(path string, size int64) ([]hints.Extent, error) {
 		ext = []hints.Extent{}
 	}
 	return ext, nil
+}
+
+// shellQuote quotes s for a command line shown to the operator.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:@%+=,-") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // versionArg fetches the version a command names, with a clear error.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -58,9 +57,6 @@ func cmdCopy(e *env) *cli.Command {
 				UIDs: uids, All: c.Bool("all"), Volume: c.String("volume"), Force: c.Bool("force"), DryRun: dry,
 				Logger: e.log,
 			})
-			if errors.Is(err, context.Canceled) || errors.Is(err, errInterrupted) {
-				err = fmt.Errorf("%w: %w", errCopyInterrupted, err)
-			}
 			if rep == nil {
 				return err
 			}
@@ -93,9 +89,6 @@ func copyStates(rep *replicate.Report) []string {
 	}
 	return out
 }
-
-// errCopyInterrupted marks an interrupted copy, for its hint.
-var errCopyInterrupted = errors.New("copy interrupted")
 
 // runCopy opens both stores (and, unless a dry run, their keys) and runs
 // the engine.
@@ -172,7 +165,7 @@ func (e *env) runCopy(c *cli.Context, to string, o replicate.Options) (*replicat
 		}
 	}
 	if err != nil && ctx.Err() != nil && !o.DryRun {
-		err = fmt.Errorf("%w; the versions copied so far are complete in the target, and the one being copied is left incomplete there: run the same copy again to continue it", err)
+		err = &leftError{err, "the versions copied so far are complete in the target, and the one being copied is left incomplete there: run the same copy again to continue it"}
 	}
 	return rep, err
 }
@@ -183,8 +176,12 @@ func printCopy(e *env, rep *replicate.Report) {
 	counts := map[replicate.State]int{}
 	for _, v := range rep.Versions {
 		counts[v.State]++
+		secs := fmt.Sprintf("%.1f", v.DurationSeconds)
+		if rep.DryRun {
+			secs = "-" // nothing was copied
+		}
 		rows = append(rows, []string{v.UID, v.Volume, string(v.State), fmt.Sprint(v.BlocksSent), fmt.Sprint(v.BlocksDeduplicated),
-			ui.Bytes(v.BytesSent), fmt.Sprintf("%.1f", v.DurationSeconds)})
+			ui.Bytes(v.BytesSent), secs})
 		switch {
 		case v.Error != "":
 			notes = append(notes, v.UID+": "+v.Error)

@@ -42,7 +42,8 @@ func cmdEnforce(e *env) *cli.Command {
 		Description: "RULES is latestN,hoursN,daysN,weeksN,monthsN,yearsN (any subset, e.g. latest3,days7,weeks4,months12),\n" +
 			"applied to each volume (all volumes when none is named) with Benji's calendar buckets: every bucket\n" +
 			"keeps its oldest version. Protected, incomplete and future-dated versions and the newest valid version\n" +
-			"of each volume stay; versions whose expiry date has passed go (unless protected). See README \"Retention\".",
+			"of each volume stay (that one even when expired: it is listed as kept); versions whose expiry date has\n" +
+			"passed go (unless protected). See README \"Retention\".",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "list what would be removed, remove nothing"},
 			&cli.BoolFlag{Name: "force", Usage: "remove versions younger than disallow_rm_when_younger_than_days too"},
@@ -112,6 +113,12 @@ func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.
 		if d.TooYoung {
 			e.log.Info("enforce: too young to remove, kept", "version", v.UID, "volume", v.Volume, "reason", d.Reason)
 			rows = append(rows, row{v, "kept (too young)", d.Reason})
+			continue
+		}
+		if d.KeptExpired {
+			e.log.Warn("enforce: an expired version is kept: it is the newest valid version of its volume (it goes once a newer valid version exists)",
+				"version", v.UID, "volume", v.Volume, "expire", expireString(v.Expire))
+			rows = append(rows, row{v, "kept (newest valid)", d.Reason})
 			continue
 		}
 		if !d.Remove {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/cmd/backy/internal/ui"
 )
 
@@ -17,7 +18,7 @@ func cmdInit(e *env) *cli.Command {
 		Description: "Creates the metastore ([MetaBackend] path) and the data backend ([DataBackend] path).\n" +
 			"The block size (block_size, or --block-size) is fixed for the life of the store.",
 		Flags: []cli.Flag{
-			&cli.Int64Flag{Name: "block-size", Usage: "block size in bytes for the new store (default: block_size of the configuration)"},
+			&cli.StringFlag{Name: "block-size", Usage: "block `SIZE` of the new store, as block_size takes it (e.g. 4MiB, 1MiB or 4194304; default: block_size of the configuration)"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := args(c, 0, 0, "no arguments"); err != nil {
@@ -25,9 +26,9 @@ func cmdInit(e *env) *cli.Command {
 			}
 			bs := e.cfg.Defaults.BlockSize
 			if c.IsSet("block-size") {
-				bs = c.Int64("block-size")
-				if bs < 64<<10 || bs > 64<<20 || bs%4096 != 0 {
-					return usageErr("--block-size %d: use a multiple of 4096 between 65536 and 67108864", bs)
+				var err error
+				if bs, err = config.ParseBlockSize(c.String("block-size")); err != nil {
+					return usageErr("--block-size %v", err)
 				}
 			}
 			s, err := e.createStore(c.Context, bs)

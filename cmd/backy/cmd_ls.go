@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -29,6 +30,9 @@ func cmdLs(e *env) *cli.Command {
 				if err != nil {
 					return err
 				}
+				if err := volumeListed(vs, c.Args().First(), "in the data backend"); err != nil {
+					return err
+				}
 				return printVersions(e, vs)
 			}
 			// Metadata only: works while the data backend is unreachable.
@@ -42,9 +46,23 @@ func cmdLs(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			if err := volumeListed(vs, c.Args().First(), "in this store"); err != nil {
+				return err
+			}
 			return printVersions(e, vs)
 		},
 	}
+}
+
+// volumeListed fails with errNoSuchVolume when a named volume has no
+// versions: a volume exists as long as one of its versions does, so a
+// mistyped name (or a volume whose last version was removed) is not an
+// empty listing that looks like success.
+func volumeListed(vs []*metastore.Version, volume, where string) error {
+	if volume == "" || len(vs) > 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %q has no versions %s (list them all with 'backy ls')", errNoSuchVolume, volume, where)
 }
 
 // printVersions prints versions as a table, or as JSON.
@@ -61,10 +79,14 @@ func printVersions(e *env, vs []*metastore.Version) error {
 		if v.Protected {
 			prot = "yes"
 		}
+		expire := ""
+		if v.Expire != nil {
+			expire = v.Expire.UTC().Format(time.DateTime)
+		}
 		rows = append(rows, []string{v.UID, v.Date.UTC().Format(time.DateTime), v.Volume, v.Snapshot,
-			ui.Bytes(v.Size), string(v.Status), prot, labelString(v.Labels), lastScrub(v)})
+			ui.Bytes(v.Size), string(v.Status), prot, expire, labelString(v.Labels), lastScrub(v)})
 	}
-	return ui.Table(e.stdout, []string{"UID", "DATE (UTC)", "VOLUME", "SNAPSHOT", "SIZE", "STATUS", "PROTECTED", "LABELS", "LAST SCRUB (UTC)"}, rows)
+	return ui.Table(e.stdout, []string{"UID", "DATE (UTC)", "VOLUME", "SNAPSHOT", "SIZE", "STATUS", "PROTECTED", "EXPIRES (UTC)", "LABELS", "LAST SCRUB (UTC)"}, rows)
 }
 
 func labelString(l map[string]string) string {

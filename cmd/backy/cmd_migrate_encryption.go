@@ -61,7 +61,7 @@ func cmdMigrateEncryption(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			prog := ui.NewProgress(os.Stderr, "migrate-encryption")
+			prog := ui.NewBlockProgress(os.Stderr, "migrate-encryption") // blocks examined
 			res, err := reencrypt.Run(c.Context, bst, s.db, reencrypt.Options{
 				UIDs: uids, Workers: e.cfg.Defaults.Workers, Logger: e.log,
 				Progress: func(p reencrypt.Progress) { prog.Update(p.Done, p.Total) },

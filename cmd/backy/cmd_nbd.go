@@ -39,12 +39,16 @@ func cmdNBD(e *env) *cli.Command {
 			&cli.StringFlag{Name: "listen", Usage: "listen on `ADDR` (host:port; default [NBD] listen, 127.0.0.1:10809)"},
 			&cli.BoolFlag{Name: "read-only", Usage: "refuse writes"},
 			&cli.BoolFlag{Name: "discard-changes", Usage: "drop a session's writes when the client disconnects instead of making a new version"},
-			&cli.Int64Flag{Name: "cache-mib", Value: 256, Usage: "block cache per session, in MiB"},
+			&cli.StringFlag{Name: "cache-size", Value: "256MiB", Usage: "block cache per session (`SIZE`, e.g. 256MiB or 1GiB; 1MiB to 64GiB)"},
+			&cli.Int64Flag{Name: "cache-mib", Hidden: true, Usage: "block cache per session in MiB (old spelling of --cache-size)"},
 		},
 		Action: e.withStore(0, 0, "no arguments", func(c *cli.Context, s *store) error {
 			ctx := c.Context
 			ro := c.Bool("read-only")
-			var err error
+			cache, err := nbdCacheSize(c)
+			if err != nil {
+				return err
+			}
 			if ro {
 				_, err = s.blocksAt(ctx, 0)
 			} else {
@@ -69,7 +73,7 @@ func cmdNBD(e *env) *cli.Command {
 			if err != nil {
 				return e.listenErr(addr, flag, err)
 			}
-			ex := &nbdExports{e: e, s: s, ro: ro, discard: c.Bool("discard-changes"), cache: c.Int64("cache-mib") << 20,
+			ex := &nbdExports{e: e, s: s, ro: ro, discard: c.Bool("discard-changes"), cache: cache,
 				dir: nbdOverlayDir(s.db)}
 			if ro {
 				ex.reportOrphans()
@@ -505,4 +509,21 @@ func (x *nbdExports) recoverOrphan(ctx context.Context, o *device.Orphan) {
 		log.Warn("removing the saved overlay", "err", err)
 	}
 	fmt.Fprintf(x.e.stderr, "backy: saved the flushed writes of %s, which an earlier 'backy nbd' had not saved (killed, or its commit failed), as version %s\n", what, nv.UID)
+}
+
+// nbdCacheSize is --cache-size (or the old --cache-mib) in bytes.
+func nbdCacheSize(c *cli.Context) (int64, error) {
+	const lo, hi = 1 << 20, 64 << 30
+	v := c.String("cache-size")
+	if c.IsSet("cache-mib") && !c.IsSet("cache-size") {
+		v = fmt.Sprint(c.Int64("cache-mib")) + "MiB"
+	}
+	n, err := config.ParseSize(v)
+	if err != nil {
+		return 0, usageErr("--cache-size %v", err)
+	}
+	if n < lo || n > hi {
+		return 0, usageErr("--cache-size %s is out of range (expected %s to %s)", v, config.FormatSize(lo), config.FormatSize(hi))
+	}
+	return n, nil
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -20,19 +22,35 @@ func cmdProtect(e *env, protect bool) *cli.Command {
 		Usage:     usage,
 		ArgsUsage: "VERSION...",
 		Action: e.withMetaStore(1, -1, "one or more VERSIONs", func(c *cli.Context, s *store) error {
-			var out []*metastore.Version
-			for _, uid := range c.Args().Slice() {
-				if _, err := versionArg(s.db, uid); err != nil {
+			// All or nothing: every uid is checked before any is changed.
+			uids := c.Args().Slice()
+			var unknown []string
+			for _, uid := range uids {
+				if _, err := s.db.Version(uid); errors.Is(err, metastore.ErrVersionNotFound) {
+					unknown = append(unknown, uid)
+				} else if err != nil {
 					return err
 				}
-				v, err := versions.SetProtected(s.db, uid, protect)
-				if err != nil {
-					return err
+			}
+			if len(unknown) > 0 {
+				return fmt.Errorf("%w: %s (list versions with 'backy ls'); nothing was changed", metastore.ErrVersionNotFound, strings.Join(unknown, " "))
+			}
+			out := []*metastore.Version{}
+			var err error
+			for _, uid := range uids {
+				var v *metastore.Version
+				if v, err = versions.SetProtected(s.db, uid, protect); err != nil {
+					// Removed meanwhile, say: the ones before it are changed.
+					err = fmt.Errorf("%s: %w; %d of %d version(s) changed before it (listed)", uid, err, len(out), len(uids))
+					break
 				}
 				out = append(out, v)
 				e.log.Info("version "+name+"ed", "version", uid, "protected", v.Protected)
 			}
-			serr := s.syncMeta(c.Context, c.Args().Slice()...)
+			serr := s.syncMeta(c.Context, uids...)
+			if err != nil {
+				serr = err
+			}
 			if e.json {
 				if err := ui.JSON(e.stdout, out); err != nil {
 					return err

@@ -117,7 +117,7 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 				r, err := cat.Check(ctx, s.db, uid, deep)
 				return r.State, r.Reason, err
 			}
-			prog := ui.NewProgress(os.Stderr, name)
+			prog := ui.NewBlockProgress(os.Stderr, name) // block positions, not bytes
 			o.Progress = func(p scrub.Progress) { prog.Update(p.Done, p.Total) }
 			res, err := scrub.Run(c.Context, st, s.db, o)
 			prog.Done()

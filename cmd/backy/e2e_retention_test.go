@@ -94,11 +94,18 @@ func TestRetentionEnforceExpire(t *testing.T) {
 	if v := e2eDecode[e2eRetVersion](t, r); v.Expire == nil || *v.Expire != "2999-05-31T22:00:00Z" {
 		t.Errorf("expire --timezone Europe/Berlin: %+v", v)
 	}
+	// a4 has expired, but it is vol-a's newest valid version: kept.
+	r = b.ok("enforce", "latest1", "--json")
+	if got := e2eRetUIDs(e2eDecode[[]e2eRetVersion](t, r)); len(got) != 0 {
+		t.Errorf("enforce after expire removed %v, want nothing (%s is the newest valid version):\n%v", got, a4.UID, r)
+	}
+	// With a newer version, it goes.
+	a5 := b.backup(img, "vol-a")
 	r = b.ok("enforce", "latest1", "--json")
 	if got := e2eRetUIDs(e2eDecode[[]e2eRetVersion](t, r)); !slices.Equal(got, []string{a4.UID}) {
 		t.Errorf("enforce after expire removed %v, want [%s]:\n%v", got, a4.UID, r)
 	}
-	if got, want := e2eSorted(b.lsUIDs()...), e2eSorted(a1.UID, b2.UID); !slices.Equal(got, want) {
+	if got, want := e2eSorted(b.lsUIDs()...), e2eSorted(a1.UID, a5.UID, b2.UID); !slices.Equal(got, want) {
 		t.Fatalf("ls lists %v, want %v", got, want)
 	}
 	r = b.ok("expire", b2.UID, "never", "--json")

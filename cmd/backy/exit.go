@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"strings"
 	"syscall"
 
@@ -137,17 +138,95 @@ func hint(err error, code int) string {
 		if errors.Is(err, backend.ErrUnavailable) {
 			return "nothing was recorded for what did not reach the backend; once it is reachable, finish an interrupted backup with 'backy backup --resume VERSION'"
 		}
-	case exitInterrupted:
-		if errors.Is(err, errCopyInterrupted) {
-			return "run the same copy again to continue where it stopped"
+		if errors.Is(err, syscall.EROFS) {
+			return "that file system is read-only (a read-only store serves ls, stats, restore and export; commands that change it need it writable)"
 		}
-		return "a version left incomplete can be finished with 'backy backup --resume VERSION' or removed with 'backy rm'"
 	case exitUsage:
 		if errors.Is(err, errUsage) {
 			return "see 'backy help'"
 		}
 	}
 	return ""
+}
+
+// leftError is an error of a command that says what the command left
+// behind (a version left incomplete, ...). Its message adds that in
+// parentheses; an interruption (interruptedError) reports it instead of
+// the cancelled operation.
+type leftError struct {
+	err  error
+	left string
+}
+
+func (l *leftError) Error() string { return l.err.Error() + " (" + l.left + ")" }
+func (l *leftError) Unwrap() error { return l.err }
+
+// interruptedLeaves says what each command leaves behind when it is
+// interrupted, unless its error says it more precisely (leftError).
+var interruptedLeaves = map[string]string{
+	"init":               "the store may be half made: run 'backy init' again",
+	"backup":             "no version was made",
+	"restore":            "a new target file is not created (its temporary file is removed); a target written over with --force holds a partial image: restore again",
+	"copy":               "the versions copied so far are complete in the target: run the same copy again to continue",
+	"ls":                 "nothing was changed",
+	"stats":              "nothing was changed",
+	"export":             "nothing in the store was changed",
+	"rm":                 "the versions reported removed are gone, the others are untouched; a removal cut short is finished by running 'backy rm' again",
+	"enforce":            "the versions listed as removed are gone, the others are untouched: run 'backy enforce' again to finish",
+	"protect":            "the versions listed were changed, the others not: run the command again",
+	"unprotect":          "the versions listed were changed, the others not: run the command again",
+	"expire":             "run the command again",
+	"cleanup":            "what it deleted so far is reported, nothing else was touched: run 'backy cleanup' again to finish",
+	"scrub":              "what it found so far is recorded: run it again to check the rest",
+	"deep-scrub":         "what it found so far is recorded: run it again to check the rest",
+	"migrate-encryption": "the blocks migrated so far stay migrated: run it again to continue",
+	"import":             "nothing was imported (an import is all or nothing)",
+	"rebuild-metastore":  "the metastore was not replaced: run it again",
+}
+
+// interruptedError is a command stopped by SIGINT (Ctrl-C) or SIGTERM.
+// Its message says so, and what the command leaves behind, rather than
+// "context canceled" from whatever the command was doing at the time.
+type interruptedError struct {
+	cause   error
+	command string
+	signal  string // "Ctrl-C", "SIGTERM" or ""
+}
+
+func (ie *interruptedError) Error() string {
+	msg := "interrupted"
+	if ie.signal != "" {
+		msg += " (" + ie.signal + ")"
+	}
+	if !errors.Is(ie.cause, context.Canceled) && !errors.Is(ie.cause, errInterrupted) {
+		// A failure of its own that came with the interruption.
+		return msg + ": " + ie.cause.Error()
+	}
+	var le *leftError
+	if errors.As(ie.cause, &le) {
+		return msg + "; " + le.left
+	}
+	if l := interruptedLeaves[ie.command]; l != "" {
+		return msg + "; " + l
+	}
+	return msg
+}
+
+func (ie *interruptedError) Unwrap() []error { return []error{errInterrupted, ie.cause} }
+
+// interrupted wraps err of command, which ran when ctx was cancelled by a
+// signal (signal.NotifyContext's cause names it).
+func interrupted(ctx context.Context, err error, command string) error {
+	sig := ""
+	if c := context.Cause(ctx); c != nil {
+		switch {
+		case strings.HasPrefix(c.Error(), os.Interrupt.String()):
+			sig = "Ctrl-C"
+		case strings.HasPrefix(c.Error(), syscall.SIGTERM.String()):
+			sig = "SIGTERM"
+		}
+	}
+	return &interruptedError{cause: err, command: command, signal: sig}
 }
 
 // reportError prints err as one line on stderr (and as JSON with --json).

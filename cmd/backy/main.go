@@ -30,14 +30,12 @@ func run(args []string) int {
 	app := newApp(env)
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err == nil && env.unknownCommand != "" {
-		err = usageErr("unknown command %q", env.unknownCommand)
+		err = usageErr("unknown command %q%s", env.unknownCommand, didYouMean(app, env.unknownCommand))
+	}
+	if err != nil && ctx.Err() != nil && !errors.Is(err, errExitCode) {
+		err = interrupted(ctx, err, env.metrics.command)
 	}
 	code := exitCode(err)
-	if err == nil {
-		code = exitOK
-	} else if ctx.Err() != nil && !errors.Is(err, errExitCode) {
-		code = exitCode(fmt.Errorf("%w: %w", errInterrupted, err))
-	}
 	if merr := env.writeMetrics(code); merr != nil {
 		// Monitoring that silently stops updating is worse than a failed
 		// job: a successful command fails on it.
@@ -49,9 +47,6 @@ func run(args []string) int {
 	}
 	if err == nil {
 		return exitOK
-	}
-	if ctx.Err() != nil && !errors.Is(err, errExitCode) {
-		err = fmt.Errorf("%w: %w", errInterrupted, err)
 	}
 	code = exitCode(err)
 	env.reportError(err, code)

@@ -91,18 +91,20 @@ func (s *store) Close() {
 // setup reads the configuration and starts logging; every command runs it.
 func (e *env) setup(c *cli.Context) error {
 	e.json = jsonWanted(c)
-	cfg, isDefault, err := config.Resolve(c.String("config"), e.getenv)
+	cfg, isDefault, err := config.Resolve(flagString(c, "config"), e.getenv)
 	if err != nil {
 		return err
 	}
 	e.cfg, e.isDefault = cfg, isDefault
 	level := slog.LevelWarn
-	if l := c.String("log-level"); l != "" {
+	if l := flagString(c, "log-level"); l != "" {
 		if err := level.UnmarshalText([]byte(l)); err != nil {
 			return usageErr("--log-level %q: use debug, info, warn or error", l)
 		}
 	}
-	handlers := []slog.Handler{slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level})}
+	// stderr is read by people ("backy: warning: ..."); the log_file keeps
+	// structured lines.
+	handlers := []slog.Handler{newHumanHandler(e.stderr, level)}
 	if cfg.Defaults.LogFile != "" {
 		f, err := os.OpenFile(cfg.Defaults.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 		if err != nil {
@@ -153,8 +155,8 @@ func (e *env) openStoreInner(ctx context.Context) (*store, error) {
 		if err != nil || !created {
 			return s, err
 		}
-		fmt.Fprintf(e.stderr, "backy: created a new store in %s (block size %d); set BACKY_HOME or use -c FILE for another\n",
-			filepath.Dir(cfg.Meta.Path), cfg.Defaults.BlockSize)
+		fmt.Fprintf(e.stderr, "backy: created a new store in %s (block size %s); set BACKY_HOME or use -c FILE for another\n",
+			filepath.Dir(cfg.Meta.Path), config.FormatSize(cfg.Defaults.BlockSize))
 		return s, nil
 	}
 	return e.openExisting(ctx)

@@ -51,9 +51,13 @@
 //   - A version dated after now (a clock set wrong when it was made) is
 //     kept (unless expired) and takes no part: it fills no bucket and does not count for
 //     latestN, so it cannot push real recent versions out.
-//   - The newest valid version of a volume is always kept (unless
-//     expired): with only "days7", Benji keeps the oldest version of today
-//     and removes a backup made a minute ago; backy keeps that one too.
+//   - The newest valid version of a volume is always kept, even when it
+//     has expired (Decision.KeptExpired says so; it goes once a newer valid
+//     version exists): with only "days7", Benji keeps the oldest version of
+//     today and removes a backup made a minute ago; backy keeps that one
+//     too, and an expiry date never leaves a volume without a valid
+//     version. Protected, incomplete, future-dated and removing versions
+//     are not candidates.
 //   - Invalid versions (known damaged blocks) never take the place of a
 //     valid one: the rules are applied to the valid versions alone, then to
 //     valid and invalid versions together, and an invalid version is kept
@@ -69,10 +73,12 @@ package retention
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions"
 )
 
 // Options of Evaluate.
@@ -92,6 +98,10 @@ type Decision struct {
 	Remove bool
 	// TooYoung: the version would go but is younger than MinAge.
 	TooYoung bool
+	// KeptExpired: the version's expiry date has passed, but it is kept
+	// because it is the newest valid version of its volume (it goes once a
+	// newer valid version exists).
+	KeptExpired bool
 	// Reason says why, in a few words ("latest3", "days30: oldest of day
 	// 2", "expired 2026-01-01T00:00:00Z", "protected", ...).
 	Reason string
@@ -123,7 +133,7 @@ func Evaluate(vs []*metastore.Version, rules Rules, o Options) []Decision {
 			d := &out[i]
 			if d.Remove && now.Sub(d.Version.Date) < o.MinAge {
 				d.Remove, d.TooYoung = false, true
-				d.Reason += fmt.Sprintf("; kept: younger than %s (disallow_rm_when_younger_than_days)", o.MinAge)
+				d.Reason += fmt.Sprintf("; kept: younger than %s (disallow_rm_when_younger_than_days)", versions.FormatDuration(o.MinAge))
 			}
 		}
 	}
@@ -131,7 +141,7 @@ func Evaluate(vs []*metastore.Version, rules Rules, o Options) []Decision {
 }
 
 func evalVolume(vs []*metastore.Version, idx []int, out []Decision, rules Rules, now time.Time, loc *time.Location) {
-	var eligible []int
+	var eligible, expired []int
 	for _, i := range idx {
 		v := vs[i]
 		d := &out[i]
@@ -144,6 +154,9 @@ func evalVolume(vs []*metastore.Version, idx []int, out []Decision, rules Rules,
 			d.Reason = "being removed"
 		case v.Expire != nil && !v.Expire.After(now):
 			d.Remove, d.Reason = true, "expired "+v.Expire.UTC().Format(time.RFC3339)
+			if v.Status == metastore.StatusValid && !v.Date.After(now) {
+				expired = append(expired, i)
+			}
 		case v.Date.After(now):
 			d.Reason = "future-dated"
 		default:
@@ -151,13 +164,7 @@ func evalVolume(vs []*metastore.Version, idx []int, out []Decision, rules Rules,
 		}
 	}
 	// Newest first; ties by uid so that the result is deterministic.
-	sort.Slice(eligible, func(a, b int) bool {
-		va, vb := vs[eligible[a]], vs[eligible[b]]
-		if !va.Date.Equal(vb.Date) {
-			return va.Date.After(vb.Date)
-		}
-		return va.UID > vb.UID
-	})
+	sort.Slice(eligible, func(a, b int) bool { return newer(vs[eligible[a]], vs[eligible[b]]) })
 	var valid []int
 	for _, i := range eligible {
 		if vs[i].Status == metastore.StatusValid {
@@ -177,11 +184,34 @@ func evalVolume(vs []*metastore.Version, idx []int, out []Decision, rules Rules,
 			d.Remove, d.Reason = false, "expires "+v.Expire.UTC().Format(time.RFC3339)+" ("+r.reason+")"
 		}
 	}
+	// The newest valid version stays, expired or not.
+	newest := -1
 	if len(valid) > 0 {
-		if d := &out[valid[0]]; d.Remove {
-			d.Remove, d.Reason = false, "newest valid version ("+d.Reason+")"
+		newest = valid[0]
+	}
+	for _, i := range expired {
+		if newest < 0 || newer(vs[i], vs[newest]) {
+			newest = i
 		}
 	}
+	if newest < 0 {
+		return
+	}
+	switch d := &out[newest]; {
+	case d.Remove && slices.Contains(expired, newest):
+		d.Remove, d.KeptExpired = false, true
+		d.Reason += "; kept: the newest valid version of its volume"
+	case d.Remove:
+		d.Remove, d.Reason = false, "newest valid version ("+d.Reason+")"
+	}
+}
+
+// newer orders versions newest first, ties by uid (as evalVolume sorts).
+func newer(a, b *metastore.Version) bool {
+	if !a.Date.Equal(b.Date) {
+		return a.Date.After(b.Date)
+	}
+	return a.UID > b.UID
 }
 
 type verdict struct {

@@ -268,9 +268,36 @@ func TestEvaluate(t *testing.T) {
 				"2025-05-01T00:00:00Z",
 				"2025-05-02T00:00:00Z e=2025-06-01T12:00:00Z", // expires now: goes
 				"2025-05-03T00:00:00Z e=2025-06-01T12:00:01Z",
-				"2025-05-04T00:00:00Z e=2020-01-01T00:00:00Z", // newest valid, but expired
+				"2025-05-04T00:00:00Z e=2020-01-01T00:00:00Z",   // expired, but the newest valid: stays
+				"2025-05-05T00:00:00Z x e=2020-01-01T00:00:00Z", // expired and invalid: goes
 			},
+			keep: []int{0, 2, 3},
+		},
+		{
+			name: "the newest valid version stays even when expired", rules: "latest1", now: "2025-06-01T12:00:00Z",
+			vs:   []spec{"2025-05-01T00:00:00Z", "2025-05-02T00:00:00Z", "2025-05-03T00:00:00Z e=2025-05-20T00:00:00Z"},
+			keep: []int{1, 2},
+		},
+		{
+			name: "only expired versions: the newest stays", rules: "days7", now: "2025-06-01T12:00:00Z",
+			vs:   []spec{"2025-05-01T00:00:00Z e=2025-05-10T00:00:00Z", "2025-05-02T00:00:00Z e=2025-05-10T00:00:00Z"},
+			keep: []int{1},
+		},
+		{
+			name: "an expired version older than the newest valid one goes", rules: "days7", now: "2025-06-01T12:00:00Z",
+			vs:   []spec{"2025-05-31T00:00:00Z", "2025-05-31T01:00:00Z e=2025-06-01T00:00:00Z", "2025-05-31T02:00:00Z"},
 			keep: []int{0, 2},
+		},
+		{
+			// Protected versions take no part, as for the rules.
+			name: "an expired version older only than a protected one stays", rules: "latest1", now: "2025-06-01T12:00:00Z",
+			vs:   []spec{"2025-05-01T00:00:00Z", "2025-05-02T00:00:00Z e=2025-05-10T00:00:00Z", "2025-05-03T00:00:00Z p"},
+			keep: []int{0, 1, 2},
+		},
+		{
+			name: "an expired version older than a future-dated one stays", rules: "latest1", now: "2025-06-01T12:00:00Z",
+			vs:   []spec{"2025-05-02T00:00:00Z e=2025-05-10T00:00:00Z", "2025-07-03T00:00:00Z"},
+			keep: []int{0, 1},
 		},
 		{
 			name: "an expired version holds no bucket", rules: "days1", now: "2025-06-01T12:00:00Z",
@@ -351,12 +378,30 @@ func TestEvaluate(t *testing.T) {
 			}
 			if !slices.Equal(keep, c.keep) {
 				var b strings.Builder
+				loc := o.Location
+				if loc == nil {
+					loc = time.UTC
+				}
 				for i, d := range ds {
-					fmt.Fprintf(&b, "\n  %d %s %s remove=%v: %s", i, c.vs[i], d.Version.Date.In(o.Location).Format(time.RFC3339), d.Remove, d.Reason)
+					fmt.Fprintf(&b, "\n  %d %s %s remove=%v: %s", i, c.vs[i], d.Version.Date.In(loc).Format(time.RFC3339), d.Remove, d.Reason)
 				}
 				t.Errorf("kept %v, want %v:%s", keep, c.keep, b.String())
 			}
 		})
+	}
+}
+
+// TestExpiredNewestReported: an expired newest valid version is kept, and
+// the decision says so (enforce reports it).
+func TestExpiredNewestReported(t *testing.T) {
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	vs := build(t, []spec{"2025-05-01T00:00:00Z e=2025-05-10T00:00:00Z", "2025-05-02T00:00:00Z e=2025-05-10T00:00:00Z"})
+	ds := retention.Evaluate(vs, retention.Rules{Latest: 3}, retention.Options{Now: now})
+	if !ds[0].Remove || ds[0].KeptExpired {
+		t.Errorf("the older expired version: remove=%v keptExpired=%v (%s)", ds[0].Remove, ds[0].KeptExpired, ds[0].Reason)
+	}
+	if d := ds[1]; d.Remove || !d.KeptExpired || d.Reason != "expired 2025-05-10T00:00:00Z; kept: the newest valid version of its volume" {
+		t.Errorf("the newest: remove=%v keptExpired=%v reason %q", d.Remove, d.KeptExpired, d.Reason)
 	}
 }
 
@@ -435,7 +480,7 @@ func TestProperties(t *testing.T) {
 		ctx := fmt.Sprintf("iteration %d, rules %s, zone %s, now %s", it, rules, loc, now.Format(time.RFC3339))
 		newest := map[string]*metastore.Version{}
 		for _, v := range vs {
-			if v.Status == metastore.StatusValid && !v.Protected && !v.Removing && !v.Date.After(now) && (v.Expire == nil || v.Expire.After(now)) {
+			if v.Status == metastore.StatusValid && !v.Protected && !v.Removing && !v.Date.After(now) {
 				if n := newest[v.Volume]; n == nil || v.Date.After(n.Date) || (v.Date.Equal(n.Date) && v.UID > n.UID) {
 					newest[v.Volume] = v
 				}
@@ -451,8 +496,11 @@ func TestProperties(t *testing.T) {
 				t.Fatalf("%s: future-dated %s removed", ctx, v.UID)
 			case d.Remove && v.Expire != nil && v.Expire.After(now):
 				t.Fatalf("%s: %s removed before its expiry", ctx, v.UID)
-			case !d.Remove && !v.Protected && v.Expire != nil && !v.Expire.After(now) && v.Status != metastore.StatusIncomplete && !v.Removing:
+			case !d.Remove && !v.Protected && v.Expire != nil && !v.Expire.After(now) && v.Status != metastore.StatusIncomplete && !v.Removing &&
+				newest[v.Volume] != v:
 				t.Fatalf("%s: expired %s kept", ctx, v.UID)
+			case d.KeptExpired != (!d.Remove && v.Expire != nil && !v.Expire.After(now) && newest[v.Volume] == v):
+				t.Fatalf("%s: %s: KeptExpired %v (%s)", ctx, v.UID, d.KeptExpired, d.Reason)
 			case d.Remove && newest[v.Volume] == v:
 				t.Fatalf("%s: the newest valid version %s of %s removed", ctx, v.UID, v.Volume)
 			}

@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/term"
+
+	"github.com/backy/backy/versions"
 )
 
 // JSON writes v as indented JSON followed by a newline.
@@ -76,49 +78,72 @@ func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 // Progress draws a one-line progress display on a terminal, at most a few
 // times a second. A nil *Progress does nothing, so callers need not check.
 type Progress struct {
-	w     io.Writer
-	what  string
-	start time.Time
-	mu    sync.Mutex
-	last  time.Time
-	drawn bool
+	w      io.Writer
+	what   string
+	blocks bool // counts blocks, not bytes
+	now    func() time.Time
+	start  time.Time
+	mu     sync.Mutex
+	last   time.Time
+	drawn  bool
 }
 
-// NewProgress returns a progress line on f if f is a terminal, else nil.
+// NewProgress returns a progress line of bytes on f if f is a terminal,
+// else nil.
 func NewProgress(f *os.File, what string) *Progress {
 	if !IsTerminal(f) {
 		return nil
 	}
-	return &Progress{w: f, what: what, start: time.Now()}
+	return newProgress(f, what, false, time.Now)
 }
 
-// Update shows done of total bytes.
+// NewBlockProgress is NewProgress for commands that count blocks
+// (deep-scrub, migrate-encryption): Update takes block counts.
+func NewBlockProgress(f *os.File, what string) *Progress {
+	if !IsTerminal(f) {
+		return nil
+	}
+	return newProgress(f, what, true, time.Now)
+}
+
+func newProgress(w io.Writer, what string, blocks bool, now func() time.Time) *Progress {
+	return &Progress{w: w, what: what, blocks: blocks, now: now, start: now()}
+}
+
+// Update shows done of total bytes (or blocks).
 func (p *Progress) Update(done, total int64) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := time.Now()
+	now := p.now()
 	if now.Sub(p.last) < 250*time.Millisecond && done < total {
 		return
 	}
 	p.last = now
-	el := now.Sub(p.start).Seconds()
+	fmt.Fprint(p.w, "\r\033[K"+p.line(done, total, now.Sub(p.start)))
+	p.drawn = true
+}
+
+// line is the text of the progress line after elapsed.
+func (p *Progress) line(done, total int64, elapsed time.Duration) string {
 	rate := 0.0
-	if el > 0 {
+	if el := elapsed.Seconds(); el > 0 {
 		rate = float64(done) / el
 	}
 	eta := "--"
 	if rate > 0 && total > done {
-		eta = (time.Duration(float64(total-done)/rate) * time.Second / time.Second).Round(time.Second).String()
+		eta = versions.FormatDuration(time.Duration(float64(total-done) / rate * float64(time.Second)))
 	}
 	pct := 100.0
 	if total > 0 {
 		pct = 100 * float64(done) / float64(total)
 	}
-	fmt.Fprintf(p.w, "\r\033[K%s %5.1f%%  %s / %s  %s/s  ETA %s", p.what, pct, Bytes(done), Bytes(total), Bytes(int64(rate)), eta)
-	p.drawn = true
+	if p.blocks {
+		return fmt.Sprintf("%s %5.1f%%  %d / %d blocks  %.0f blocks/s  ETA %s", p.what, pct, done, total, rate, eta)
+	}
+	return fmt.Sprintf("%s %5.1f%%  %s / %s  %s/s  ETA %s", p.what, pct, Bytes(done), Bytes(total), Bytes(int64(rate)), eta)
 }
 
 // Done clears the progress line.
