@@ -6,6 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/cmd/backy/internal/ui"
 )
 
@@ -26,8 +27,8 @@ func cmdInit(e *env) *cli.Command {
 			bs := e.cfg.Defaults.BlockSize
 			if c.IsSet("block-size") {
 				bs = c.Int64("block-size")
-				if bs < 64<<10 || bs > 64<<20 || bs%4096 != 0 {
-					return usageErr("--block-size %d: use a multiple of 4096 between 65536 and 67108864", bs)
+				if msg := config.CheckBlockSize("--block-size", bs); msg != "" {
+					return usageErr("--block-size %d is invalid: %s", bs, msg)
 				}
 			}
 			s, err := e.createStore(c.Context, bs)

@@ -36,7 +36,12 @@ func cmdNBD(e *env) *cli.Command {
 			&cli.StringFlag{Name: "listen", Usage: "listen on `ADDR` (host:port; default [NBD] listen, 127.0.0.1:10809)"},
 			&cli.BoolFlag{Name: "read-only", Usage: "refuse writes"},
 			&cli.BoolFlag{Name: "discard-changes", Usage: "drop a session's writes when the client disconnects instead of making a new version"},
-			&cli.Int64Flag{Name: "cache-mib", Value: 256, Usage: "block cache per session, in MiB"},
+			&cli.Int64Flag{Name: "cache-mib", Value: 256, Usage: "block cache per session, in MiB", Action: func(_ *cli.Context, n int64) error {
+				if n < 1 || n > config.MaxCacheMiB {
+					return usageErr("--cache-mib %d is out of range: %s", n, config.RangeError("--cache-mib", "1", fmt.Sprint(config.MaxCacheMiB), "MiB, up to "+config.FormatSize(config.MaxCacheMiB<<20)))
+				}
+				return nil
+			}},
 		},
 		Action: e.withStore(0, 0, "no arguments", func(c *cli.Context, s *store) error {
 			ctx := c.Context

@@ -50,17 +50,17 @@ type Defaults struct {
 	// LogLevel is one of "debug", "info", "warn", "error". Default "info".
 	LogLevel string
 	// DisallowRmWhenYoungerThanDays refuses removing versions younger than
-	// this many days; 0 (the default) disables the check. It is >= 0 but
-	// has no upper bound: callers converting it to a time.Duration must
-	// guard against overflow (above about 106751 days).
+	// this many days; 0 (the default) disables the check. It is from 0 to
+	// MaxDisallowRmDays, so it converts to a time.Duration safely.
 	DisallowRmWhenYoungerThanDays int
-	// Workers is the number of parallel hashing/transform workers; 0 (the
-	// default) means one per CPU.
+	// Workers is the number of parallel hashing/transform workers, from 0
+	// to MaxWorkers; 0 (the default) means one per CPU.
 	Workers int
 	// Compression of new blocks: "none" (the default) or "zstd". A block is
 	// stored compressed only if that makes it smaller.
 	Compression string
-	// CompressionLevel is the zstd level: 1 fastest (default) .. 4 best.
+	// CompressionLevel is the zstd level: 1 fastest (default) .. 4 best
+	// (MinCompressionLevel .. MaxCompressionLevel).
 	CompressionLevel int
 	// Timezone is the IANA name of the zone of retention's calendar
 	// buckets and of YYYY-MM-DD dates (enforce, expire); default "UTC".
@@ -84,8 +84,8 @@ type Data struct {
 	// with type s3.
 	Path string
 	// SimultaneousWrites and SimultaneousReads bound the concurrent
-	// backend writes and reads; both >= 1. Default 4 for type file, 16 for
-	// type s3.
+	// backend writes and reads; both from 1 to MaxSimultaneous. Default 4
+	// for type file, 16 for type s3.
 	SimultaneousWrites, SimultaneousReads int
 	// S3 holds the keys of type s3; it is the zero S3 with type file.
 	S3 S3
