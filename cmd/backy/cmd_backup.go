@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -62,7 +63,7 @@ func cmdBackup(e *env) *cli.Command {
 			defer src.Close()
 			var extents []hints.Extent
 			if c.IsSet("hints") {
-				if extents, err = readHints(c.String("hints"), src.Size()); err != nil {
+				if extents, err = readHints(c.Context, c.String("hints"), src.Size()); err != nil {
 					return err
 				}
 			}
@@ -139,7 +140,47 @@ func parseLabels(in []string) (map[string]string, error) {
 	return out, nil
 }
 
-func readHints(path string, size int64) ([]hints.Extent, error) {
+// errHintsNotFound: the --hints file does not exist (exit 66).
+var errHintsNotFound = errors.New("hints file not found")
+
+// readHints reads the hints file path ("-" for stdin) of a source of size
+// bytes. A FIFO or pipe (--hints <(rbd diff ...)) is read as the stream it
+// is, and the wait for its writer or its data ends on Ctrl-C; a directory,
+// a device or a socket is refused.
+func readHints(ctx context.Context, path string, size int64) ([]hints.Extent, error) {
+	if path != "-" {
+		st, err := os.Stat(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("%w: %s (give the output of 'rbd diff --format=json', or - to read it from stdin)", errHintsNotFound, path)
+			}
+			return nil, fmt.Errorf("hints file %s: %w", path, err)
+		}
+		if m := st.Mode(); !m.IsRegular() && m&os.ModeNamedPipe == 0 {
+			return nil, usageErr("--hints %s is %s: give a file, a pipe or - for stdin", path, fileKind(m))
+		}
+	}
+	type result struct {
+		ext []hints.Extent
+		err error
+	}
+	// open(2) of a FIFO waits for a writer, and reads of a pipe for its
+	// data, whatever the context says: wait for them here instead. On
+	// Ctrl-C the goroutine is left behind, blocked, as the process exits.
+	done := make(chan result, 1)
+	go func() {
+		ext, err := parseHintsFile(path, size)
+		done <- result{ext, err}
+	}()
+	select {
+	case r := <-done:
+		return r.ext, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reading hints file %s: %w", path, ctx.Err())
+	}
+}
+
+func parseHintsFile(path string, size int64) ([]hints.Extent, error) {
 	var f *os.File
 	if path == "-" {
 		f = os.Stdin
@@ -147,7 +188,7 @@ func readHints(path string, size int64) ([]hints.Extent, error) {
 		var err error
 		if f, err = os.Open(path); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("%w: hints file %s does not exist", hints.ErrInvalid, path)
+				return nil, fmt.Errorf("%w: %s", errHintsNotFound, path)
 			}
 			return nil, fmt.Errorf("hints file: %w", err)
 		}
@@ -161,6 +202,23 @@ func readHints(path string, size int64) ([]hints.Extent, error) {
 		ext = []hints.Extent{}
 	}
 	return ext, nil
+}
+
+// fileKind names the kind of file of mode m for messages.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	}
+	return "not a regular file"
 }
 
 // versionArg fetches the version a command names, with a clear error.

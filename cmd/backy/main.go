@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/backy/backy/metastore"
 )
 
 func main() {
@@ -21,6 +23,8 @@ func main() {
 func run(args []string) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	// Waits for locks other processes hold end on Ctrl-C too.
+	metastore.SetInterrupt(ctx.Done())
 	env := &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	app := newApp(env)
 	err := app.RunContext(ctx, interspersed(app, args))

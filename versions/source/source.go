@@ -23,6 +23,12 @@ var (
 	ErrTargetExists = errors.New("target exists")
 	// ErrTargetTooSmall: the existing target is smaller than the version.
 	ErrTargetTooSmall = errors.New("target too small")
+	// ErrBadTarget: the restore target is neither a regular file nor a
+	// block device (a directory, a FIFO, a character device, ...).
+	ErrBadTarget = errors.New("unusable restore target")
+	// ErrTargetBusy: the restore target is a block device in use (mounted,
+	// held by device-mapper, md or swap, or opened exclusively).
+	ErrTargetBusy = errors.New("restore target in use")
 )
 
 // Source is a readable image of known size.
@@ -80,15 +86,25 @@ func Open(spec string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
+	// The type first: open(2) of a FIFO would wait for a writer.
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, path)
+		}
+		return nil, fmt.Errorf("source %s: %w", path, err)
+	}
+	if !usable(st.Mode()) {
+		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device%s", ErrUnsupported, path, describeMode(st.Mode()), sourceAdvice(st.Mode()))
+	}
+	f, err := openNoBlock(path, os.O_RDONLY)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, path)
 		}
 		return nil, fmt.Errorf("opening source %s: %w", path, err)
 	}
-	st, err := f.Stat()
-	if err != nil {
+	if st, err = f.Stat(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("source %s: %w", path, err)
 	}
@@ -96,7 +112,7 @@ func Open(spec string) (*File, error) {
 	switch {
 	case st.Mode().IsRegular():
 		s.size = st.Size()
-	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+	case isBlockDevice(st.Mode()):
 		s.isDev = true
 		end, err := f.Seek(0, io.SeekEnd)
 		if err != nil {
@@ -104,9 +120,9 @@ func Open(spec string) (*File, error) {
 			return nil, fmt.Errorf("source %s: size of block device: %w", path, err)
 		}
 		s.size = end
-	default:
+	default: // replaced since the Stat above
 		f.Close()
-		return nil, fmt.Errorf("%w: %s is neither a regular file nor a block device", ErrUnsupported, path)
+		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device", ErrUnsupported, path, describeMode(st.Mode()))
 	}
 	// We read every byte once, front to back.
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"syscall"
 )
 
 // ErrInvalid is wrapped by every error that reports a problem in the content
@@ -142,13 +143,18 @@ func Default(dir string) *Config {
 // Load reads and parses the configuration file at path. If the file does
 // not exist the error wraps [ErrNotFound] (and [fs.ErrNotExist]); other read
 // errors are returned wrapped as they are; problems in the content wrap
-// [ErrInvalid]. Files larger than 1 MiB are rejected.
+// [ErrInvalid]. Files larger than 1 MiB are rejected, and so is anything
+// but a regular file (a directory, a FIFO, a device), without waiting.
 //
 // Besides the warnings of [Parse], Load warns (in Config.Warnings) if the
 // file holds a key, a passphrase or an S3 secret access key or session
 // token inline and is readable by group or others.
 func Load(path string) (*Config, error) {
-	f, err := os.Open(path)
+	// The type first: open(2) of a FIFO would wait for a writer.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", fileKind(fi.Mode()))}
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.Is(err, fs.ErrNotExist) && errors.As(err, &pe) {
@@ -157,6 +163,9 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() { // replaced since the Stat
+		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", fileKind(fi.Mode()))}
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -235,4 +244,21 @@ func Resolve(flagPath string, getenv func(string) string) (*Config, bool, error)
 		return nil, false, err
 	}
 	return Default(home), true, nil
+}
+
+// fileKind names the kind of file of mode m for messages.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	}
+	return "not a regular file"
 }

@@ -10,7 +10,9 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 const examplePath = "../../../../backy.cfg.example"
@@ -573,10 +575,26 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Load(bad) = %v", err)
 	}
 
-	// A directory is a read error, neither ErrNotFound nor ErrInvalid.
-	_, err = Load(dir)
-	if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
-		t.Errorf("Load(dir) = %v, want a read error", err)
+	// A directory, a FIFO or a device is no configuration file (exit 78),
+	// refused without waiting for a FIFO's writer.
+	fifo := filepath.Join(dir, "fifo.cfg")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, kind string }{{dir, "a directory"}, {fifo, "a FIFO"}, {"/dev/zero", "a character device"}} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := Load(tc.path)
+			done <- err
+		}()
+		select {
+		case err = <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("Load(%s) waits", tc.path)
+		}
+		if !errors.Is(err, ErrInvalid) || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), tc.path+": is "+tc.kind+", not a configuration file") {
+			t.Errorf("Load(%s) = %v, want ErrInvalid saying it is %s", tc.path, err, tc.kind)
+		}
 	}
 
 	// Too large.
