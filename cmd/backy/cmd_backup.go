@@ -31,6 +31,7 @@ func cmdBackup(e *env) *cli.Command {
 			&cli.StringSliceFlag{Name: "label", Usage: "label `KEY=VALUE` (repeatable)"},
 			&cli.StringFlag{Name: "from", Usage: "base `VERSION` (valid, same volume) for a differential backup"},
 			&cli.StringFlag{Name: "hints", Usage: "`FILE` of changed extents (rbd diff --format=json); - for stdin"},
+			&cli.BoolFlag{Name: "hints-allow-empty", Usage: "with --hints and without --from: accept hints that name no data (the version is all zeros)"},
 			&cli.StringFlag{Name: "resume", Usage: "finish the incomplete `VERSION` instead of starting a new one"},
 			&cli.StringFlag{Name: "expire", Usage: "expiry `DATE` of the new version for 'backy enforce' (RFC 3339, or YYYY-MM-DD = midnight UTC)"},
 		},
@@ -55,6 +56,9 @@ func cmdBackup(e *env) *cli.Command {
 			if c.IsSet("hints") && !c.IsSet("from") && c.IsSet("resume") {
 				return usageErr("--hints with --resume needs --from as in the interrupted run")
 			}
+			if c.Bool("hints-allow-empty") && (!c.IsSet("hints") || c.IsSet("from")) {
+				return usageErr("--hints-allow-empty applies to --hints without --from only (with --from, empty hints mean nothing changed)")
+			}
 			// Check everything the operator gave before anything is written.
 			src, err := source.Open(srcSpec)
 			if err != nil {
@@ -65,6 +69,10 @@ func cmdBackup(e *env) *cli.Command {
 			if c.IsSet("hints") {
 				if extents, err = readHints(c.Context, c.String("hints"), src.Size()); err != nil {
 					return err
+				}
+				if !c.IsSet("from") && !c.Bool("hints-allow-empty") && src.Size() > 0 && !hints.HasData(extents) {
+					return fmt.Errorf("%w: hints file %s has no extent with exists=true, so without --from the version would be all zeros; for a differential backup give its base with --from, and if %s is really empty pass --hints-allow-empty",
+						backup.ErrEmptyHints, c.String("hints"), src.Name())
 				}
 			}
 			s, err := e.openStore(c.Context)
@@ -80,6 +88,7 @@ func cmdBackup(e *env) *cli.Command {
 			opts := backup.Options{
 				Volume: volume, Snapshot: c.String("snapshot"), Labels: labels, Hints: extents,
 				Resume: c.String("resume"), Workers: s.ioWorkers(), Logger: e.log,
+				AllowEmptyHints: c.Bool("hints-allow-empty"),
 			}
 			if extents == nil && c.IsSet("hints") {
 				opts.Hints = []hints.Extent{}

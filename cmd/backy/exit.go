@@ -88,7 +88,7 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, scrub.ErrSourceSize):
 		return exitDataErr
-	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged),
+	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged), errors.Is(err, backup.ErrEmptyHints),
 		errors.Is(err, replicate.ErrBlockSize), errors.Is(err, manifest.ErrInvalid), errors.Is(err, transfer.ErrOtherStore),
 		errors.Is(err, transfer.ErrKeyMismatch):
 		return exitDataErr

@@ -31,6 +31,9 @@ var (
 	ErrSourceChanged = errors.New("source changed during the backup")
 	// ErrInput: invalid arguments (empty volume name, ...).
 	ErrInput = errors.New("invalid backup request")
+	// ErrEmptyHints: hints without a base name no data at all, which would
+	// make an all-zero version (see Options.AllowEmptyHints).
+	ErrEmptyHints = errors.New("the hints name no data")
 )
 
 // BlockStore is what the engine needs of a blockstore.Store.
@@ -52,6 +55,12 @@ type Options struct {
 	// Hints, when non-nil, are the changed extents since Base (or, without
 	// Base, every allocated extent: unhinted regions are zero).
 	Hints []hints.Extent
+	// AllowEmptyHints accepts Hints without a Base that name no data (no
+	// exists=true extent): the version is then all zeros. Without it Run
+	// refuses them with ErrEmptyHints, as an empty or truncated hints file
+	// would otherwise silently make a "valid" empty image. With a Base,
+	// empty hints mean "nothing changed" and are always accepted.
+	AllowEmptyHints bool
 	// Resume names an incomplete version to finish instead of a new one.
 	Resume string
 	// Workers hash and store blocks in parallel; 0 = GOMAXPROCS + 4.
@@ -162,6 +171,9 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 	}
 	if o.Resume == "" && o.Volume == "" {
 		return nil, fmt.Errorf("%w: the volume name is empty", ErrInput)
+	}
+	if o.Hints != nil && o.Base == nil && !o.AllowEmptyHints && e.size > 0 && !hints.HasData(o.Hints) {
+		return nil, fmt.Errorf("%w (no extent with exists=true): without a base version the backup of %s would be all zeros", ErrEmptyHints, src.Name())
 	}
 	if o.Hints != nil {
 		e.hmap = hints.NewMap(o.Hints, e.bs, e.size)
