@@ -103,6 +103,10 @@ func cmdBackup(e *env) *cli.Command {
 			v, err := backup.Run(c.Context, bst, s.db, src, opts)
 			prog.Done()
 			if err != nil {
+				if v != nil && v.UID != "" && errors.Is(err, backup.ErrSourceChanged) {
+					return fmt.Errorf("%w; version %s is left incomplete, labelled %s: 'backy rm %s' removes it, 'backy restore --force %s' restores what it holds",
+						err, v.UID, backup.LabelSourceChanged, v.UID, v.UID)
+				}
 				if v != nil && v.UID != "" && !errors.Is(err, backup.ErrBadResume) {
 					return fmt.Errorf("%w (version %s is left incomplete)", err, v.UID)
 				}

@@ -121,6 +121,7 @@ type engine struct {
 	st        BlockStore
 	db        *metastore.DB
 	src       source.Source
+	watch     *watched // src, watched for changes while it is read
 	o         Options
 	bs        int64
 	size      int64
@@ -185,6 +186,13 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 		return nil, err
 	}
 	defer wlk.Unlock()
+	// From here on, every read is of the image being backed up: watch it
+	// change (checked before the version becomes valid).
+	w, err := watch(src)
+	if err != nil {
+		return nil, err
+	}
+	e.src, e.watch = w, w
 	if o.Base != nil {
 		lk, err := e.useBase(o.Base)
 		if err != nil {
@@ -284,6 +292,9 @@ func (e *engine) openVersion() (*metastore.Lock, int64, error) {
 		case err != nil:
 		case v.Status != metastore.StatusIncomplete || v.Removing:
 			err = fmt.Errorf("%w %s: it is %s, only an incomplete version can be resumed", ErrBadResume, v.UID, v.Status)
+		case v.Labels[LabelSourceChanged] != "":
+			err = fmt.Errorf("%w %s: its source changed while it was read (label %s=%s), so what it holds is no consistent image; remove it with 'backy rm %s' and back up a snapshot of the source",
+				ErrBadResume, v.UID, LabelSourceChanged, v.Labels[LabelSourceChanged], v.UID)
 		case v.Size != e.size:
 			err = fmt.Errorf("%w %s: it was a backup of %d bytes, the source has %d", ErrBadResume, v.UID, v.Size, e.size)
 		case v.BlockSize != e.bs:

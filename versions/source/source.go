@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -182,4 +183,59 @@ func (s *File) IsHole(off, n int64) bool {
 	}
 	s.lastAsk, s.nextData = off, d
 	return d >= off+n
+}
+
+// State is what can tell cheaply that a source was modified: its size
+// and, for a regular file, its modification and status change times. The
+// times of a block device are those of its device node and say nothing.
+type State struct {
+	Size         int64
+	Mtime, Ctime time.Time
+	HasTimes     bool
+}
+
+// Changes describes how later differs from s ("its size changed from 1
+// to 2 bytes; it was modified (mtime ...)"), "" if it does not.
+func (s State) Changes(later State) string {
+	var out []string
+	if s.Size != later.Size {
+		out = append(out, fmt.Sprintf("its size changed from %d to %d bytes", s.Size, later.Size))
+	}
+	if s.HasTimes && later.HasTimes {
+		switch {
+		case !s.Mtime.Equal(later.Mtime):
+			out = append(out, fmt.Sprintf("it was modified (mtime %s, was %s)", later.Mtime.UTC().Format(time.RFC3339Nano), s.Mtime.UTC().Format(time.RFC3339Nano)))
+		case !s.Ctime.Equal(later.Ctime):
+			out = append(out, fmt.Sprintf("its inode changed (ctime %s, was %s)", later.Ctime.UTC().Format(time.RFC3339Nano), s.Ctime.UTC().Format(time.RFC3339Nano)))
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// Stater is implemented by sources that can report their State.
+type Stater interface {
+	State() (State, error)
+}
+
+// State reports the source's current size and, for a regular file, its
+// modification and status change times (fstat), so that a backup can tell
+// a source written while it was read.
+func (s *File) State() (State, error) {
+	if s.isDev {
+		end, err := s.f.Seek(0, io.SeekEnd)
+		if err != nil {
+			return State{}, fmt.Errorf("source %s: size of block device: %w", s.name, err)
+		}
+		return State{Size: end}, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(s.f.Fd()), &st); err != nil {
+		return State{}, fmt.Errorf("source %s: %w", s.name, err)
+	}
+	return State{
+		Size:     st.Size,
+		Mtime:    time.Unix(st.Mtim.Unix()),
+		Ctime:    time.Unix(st.Ctim.Unix()),
+		HasTimes: true,
+	}, nil
 }
