@@ -61,7 +61,7 @@ func lockFile(path string, exclusive, wait bool, what string) (*Lock, error) {
 		how |= syscall.LOCK_NB
 	}
 	for {
-		err = syscall.Flock(int(f.Fd()), how)
+		err = flock(f, how)
 		if !errors.Is(err, syscall.EINTR) {
 			break
 		}

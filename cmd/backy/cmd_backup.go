@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -30,6 +31,7 @@ func cmdBackup(e *env) *cli.Command {
 			&cli.StringSliceFlag{Name: "label", Usage: "label `KEY=VALUE` (repeatable)"},
 			&cli.StringFlag{Name: "from", Usage: "base `VERSION` (valid, same volume) for a differential backup"},
 			&cli.StringFlag{Name: "hints", Usage: "`FILE` of changed extents (rbd diff --format=json); - for stdin"},
+			&cli.BoolFlag{Name: "hints-allow-empty", Usage: "with --hints and without --from: accept hints that name no data (the version is all zeros)"},
 			&cli.StringFlag{Name: "resume", Usage: "finish the incomplete `VERSION` instead of starting a new one"},
 			&cli.StringFlag{Name: "expire", Usage: "expiry `DATE` of the new version for 'backy enforce' (RFC 3339, or YYYY-MM-DD = midnight in the time zone)"},
 			timezoneFlag("time zone of a YYYY-MM-DD --expire date"),
@@ -57,6 +59,9 @@ func cmdBackup(e *env) *cli.Command {
 			if c.IsSet("hints") && !c.IsSet("from") && c.IsSet("resume") {
 				return usageErr("--hints with --resume needs --from as in the interrupted run")
 			}
+			if c.Bool("hints-allow-empty") && (!c.IsSet("hints") || c.IsSet("from")) {
+				return usageErr("--hints-allow-empty applies to --hints without --from only (with --from, empty hints mean nothing changed)")
+			}
 			// Check everything the operator gave before anything is written.
 			src, err := source.Open(srcSpec)
 			if err != nil {
@@ -65,8 +70,12 @@ func cmdBackup(e *env) *cli.Command {
 			defer src.Close()
 			var extents []hints.Extent
 			if c.IsSet("hints") {
-				if extents, err = readHints(c.String("hints"), src.Size()); err != nil {
+				if extents, err = readHints(c.Context, c.String("hints"), src.Size()); err != nil {
 					return err
+				}
+				if !c.IsSet("from") && !c.Bool("hints-allow-empty") && src.Size() > 0 && !hints.HasData(extents) {
+					return fmt.Errorf("%w: hints file %s has no extent with exists=true, so without --from the version would be all zeros; for a differential backup give its base with --from, and if %s is really empty pass --hints-allow-empty",
+						backup.ErrEmptyHints, c.String("hints"), src.Name())
 				}
 			}
 			s, err := e.openStore(c.Context)
@@ -82,6 +91,7 @@ func cmdBackup(e *env) *cli.Command {
 			opts := backup.Options{
 				Volume: volume, Snapshot: c.String("snapshot"), Labels: labels, Hints: extents,
 				Resume: c.String("resume"), Workers: s.ioWorkers(), Logger: e.log,
+				AllowEmptyHints: c.Bool("hints-allow-empty"),
 			}
 			if extents == nil && c.IsSet("hints") {
 				opts.Hints = []hints.Extent{}
@@ -96,6 +106,10 @@ func cmdBackup(e *env) *cli.Command {
 			v, err := backup.Run(c.Context, bst, s.db, src, opts)
 			prog.Done()
 			if err != nil {
+				if v != nil && v.UID != "" && errors.Is(err, backup.ErrSourceChanged) {
+					return fmt.Errorf("%w; version %s is left incomplete, labelled %s: 'backy rm %s' removes it, 'backy restore --force %s' restores what it holds",
+						err, v.UID, backup.LabelSourceChanged, v.UID, v.UID)
+				}
 				if v != nil && v.UID != "" && !errors.Is(err, backup.ErrBadResume) {
 					return &leftError{err, fmt.Sprintf("version %s is left incomplete: finish it with 'backy backup %s %s --resume %s' or remove it with 'backy rm %s'",
 						v.UID, shellQuote(srcSpec), shellQuote(volume), v.UID, v.UID)}
@@ -148,7 +162,47 @@ func parseLabels(in []string) (map[string]string, error) {
 	return out, nil
 }
 
-func readHints(path string, size int64) ([]hints.Extent, error) {
+// errHintsNotFound: the --hints file does not exist (exit 66).
+var errHintsNotFound = errors.New("hints file not found")
+
+// readHints reads the hints file path ("-" for stdin) of a source of size
+// bytes. A FIFO or pipe (--hints <(rbd diff ...)) is read as the stream it
+// is, and the wait for its writer or its data ends on Ctrl-C; a directory,
+// a device or a socket is refused.
+func readHints(ctx context.Context, path string, size int64) ([]hints.Extent, error) {
+	if path != "-" {
+		st, err := os.Stat(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("%w: %s (give the output of 'rbd diff --format=json', or - to read it from stdin)", errHintsNotFound, path)
+			}
+			return nil, fmt.Errorf("hints file %s: %w", path, err)
+		}
+		if m := st.Mode(); !m.IsRegular() && m&os.ModeNamedPipe == 0 {
+			return nil, usageErr("--hints %s is %s: give a file, a pipe or - for stdin", path, fileKind(m))
+		}
+	}
+	type result struct {
+		ext []hints.Extent
+		err error
+	}
+	// open(2) of a FIFO waits for a writer, and reads of a pipe for its
+	// data, whatever the context says: wait for them here instead. On
+	// Ctrl-C the goroutine is left behind, blocked, as the process exits.
+	done := make(chan result, 1)
+	go func() {
+		ext, err := parseHintsFile(path, size)
+		done <- result{ext, err}
+	}()
+	select {
+	case r := <-done:
+		return r.ext, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reading hints file %s: %w", path, ctx.Err())
+	}
+}
+
+func parseHintsFile(path string, size int64) ([]hints.Extent, error) {
 	var f *os.File
 	if path == "-" {
 		f = os.Stdin
@@ -156,7 +210,7 @@ func readHints(path string, size int64) ([]hints.Extent, error) {
 		var err error
 		if f, err = os.Open(path); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("%w: hints file %s does not exist", hints.ErrInvalid, path)
+				return nil, fmt.Errorf("%w: %s", errHintsNotFound, path)
 			}
 			return nil, fmt.Errorf("hints file: %w", err)
 		}
@@ -178,6 +232,23 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// fileKind names the kind of file of mode m for messages.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	}
+	return "not a regular file"
 }
 
 // versionArg fetches the version a command names, with a clear error.

@@ -27,7 +27,7 @@ func cmdInit(e *env) *cli.Command {
 			bs := e.cfg.Defaults.BlockSize
 			if c.IsSet("block-size") {
 				var err error
-				if bs, err = config.ParseBlockSize(c.String("block-size")); err != nil {
+				if bs, err = config.ParseBlockSize("--block-size", c.String("block-size")); err != nil {
 					return usageErr("--block-size %v", err)
 				}
 			}

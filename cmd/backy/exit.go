@@ -89,7 +89,7 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, scrub.ErrSourceSize), errors.Is(err, scrub.ErrDiffers):
 		return exitDataErr
-	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged),
+	case errors.Is(err, hints.ErrInvalid), errors.Is(err, backup.ErrSanity), errors.Is(err, backup.ErrSourceChanged), errors.Is(err, backup.ErrEmptyHints),
 		errors.Is(err, replicate.ErrBlockSize), errors.Is(err, manifest.ErrInvalid), errors.Is(err, transfer.ErrOtherStore),
 		errors.Is(err, transfer.ErrKeyMismatch):
 		return exitDataErr
@@ -99,13 +99,17 @@ func exitCode(err error) int {
 		errors.Is(err, replicate.ErrNotCopyable), errors.Is(err, transfer.ErrMissingObjects), errors.Is(err, metastore.ErrTrashed),
 		errors.Is(err, transfer.ErrNotExportable):
 		return exitIntegrity
+	case errors.Is(err, source.ErrBadTarget):
+		return exitUsage
+	case errors.Is(err, source.ErrTargetBusy):
+		return exitCantCreate
 	case errors.Is(err, source.ErrTargetExists), errors.Is(err, source.ErrTargetTooSmall), errors.Is(err, metastore.ErrExists),
 		errors.Is(err, replicate.ErrConflict), errors.Is(err, transfer.ErrExists), errors.Is(err, transfer.ErrHealthy),
 		errors.Is(err, blockstore.ErrStoreExists), errors.Is(err, errOutputExists), errors.Is(err, errListenBusy):
 		return exitCantCreate
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, metastore.ErrVersionNotFound), errors.Is(err, metastore.ErrNoStore),
 		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions),
-		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot), errors.Is(err, transfer.ErrLoss):
+		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot), errors.Is(err, transfer.ErrLoss), errors.Is(err, errHintsNotFound):
 		return exitNotFound
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
 		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported),

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/backy/backy/metastore"
 )
 
 func main() {
@@ -25,6 +27,8 @@ func run(args []string) int {
 		// rebuild-metastore reading the old metastore in a child.
 		return runSalvage(ctx, args[2:], os.Stdout, os.Stderr)
 	}
+	// Waits for locks other processes hold end on Ctrl-C too.
+	metastore.SetInterrupt(ctx.Done())
 	env := &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	defer env.close() // after the metrics and the error are logged
 	app := newApp(env)

@@ -32,6 +32,9 @@ var (
 	ErrSourceChanged = errors.New("source changed during the backup")
 	// ErrInput: invalid arguments (empty volume name, ...).
 	ErrInput = errors.New("invalid backup request")
+	// ErrEmptyHints: hints without a base name no data at all, which would
+	// make an all-zero version (see Options.AllowEmptyHints).
+	ErrEmptyHints = errors.New("the hints name no data")
 )
 
 // BlockStore is what the engine needs of a blockstore.Store.
@@ -53,6 +56,12 @@ type Options struct {
 	// Hints, when non-nil, are the changed extents since Base (or, without
 	// Base, every allocated extent: unhinted regions are zero).
 	Hints []hints.Extent
+	// AllowEmptyHints accepts Hints without a Base that name no data (no
+	// exists=true extent): the version is then all zeros. Without it Run
+	// refuses them with ErrEmptyHints, as an empty or truncated hints file
+	// would otherwise silently make a "valid" empty image. With a Base,
+	// empty hints mean "nothing changed" and are always accepted.
+	AllowEmptyHints bool
 	// Resume names an incomplete version to finish instead of a new one.
 	Resume string
 	// Workers hash and store blocks in parallel; 0 = GOMAXPROCS + 4.
@@ -113,6 +122,7 @@ type engine struct {
 	st        BlockStore
 	db        *metastore.DB
 	src       source.Source
+	watch     *watched // src, watched for changes while it is read
 	o         Options
 	bs        int64
 	size      int64
@@ -168,6 +178,9 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 			return nil, fmt.Errorf("%w: %w", ErrInput, err)
 		}
 	}
+	if o.Hints != nil && o.Base == nil && !o.AllowEmptyHints && e.size > 0 && !hints.HasData(o.Hints) {
+		return nil, fmt.Errorf("%w (no extent with exists=true): without a base version the backup of %s would be all zeros", ErrEmptyHints, src.Name())
+	}
 	if o.Hints != nil {
 		e.hmap = hints.NewMap(o.Hints, e.bs, e.size)
 	}
@@ -178,6 +191,13 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 		return nil, err
 	}
 	defer wlk.Unlock()
+	// From here on, every read is of the image being backed up: watch it
+	// change (checked before the version becomes valid).
+	w, err := watch(src)
+	if err != nil {
+		return nil, err
+	}
+	e.src, e.watch = w, w
 	if o.Base != nil {
 		lk, err := e.useBase(o.Base)
 		if err != nil {
@@ -277,6 +297,9 @@ func (e *engine) openVersion() (*metastore.Lock, int64, error) {
 		case err != nil:
 		case v.Status != metastore.StatusIncomplete || v.Removing:
 			err = fmt.Errorf("%w %s: it is %s, only an incomplete version can be resumed", ErrBadResume, v.UID, v.Status)
+		case v.Labels[LabelSourceChanged] != "":
+			err = fmt.Errorf("%w %s: its source changed while it was read (label %s=%s), so what it holds is no consistent image; remove it with 'backy rm %s' and back up a snapshot of the source",
+				ErrBadResume, v.UID, LabelSourceChanged, v.Labels[LabelSourceChanged], v.UID)
 		case v.Size != e.size:
 			err = fmt.Errorf("%w %s: it was a backup of %d bytes, the source has %d", ErrBadResume, v.UID, v.Size, e.size)
 		case v.BlockSize != e.bs:

@@ -27,4 +27,15 @@
 // debris for cleanup --orphans. A block deduplicated against is re-checked
 // in the commit transaction: if a concurrent cleanup removed it meanwhile
 // the engine reads it from the source again and stores it.
+//
+// # A source that changes
+//
+// A source written while it is read gives an image of no single moment.
+// Run notes the source's State (size; for a regular file mtime and ctime)
+// before its first read and the hashes of the first blocks it reads; after
+// the last block it commits everything, compares the State and reads those
+// blocks again. A difference fails the backup with ErrSourceChanged, leaves
+// the version incomplete and labelled LabelSourceChanged, which Resume
+// refuses. These checks are cheap, not complete: only a snapshot makes a
+// live source consistent.
 package backup

@@ -343,6 +343,14 @@ func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time
 		}
 		return fmt.Errorf("internal error: backup ended at block %d of %d", next, e.nBlk)
 	}
+	// Everything read is recorded; the version becomes valid only if the
+	// source did not visibly change meanwhile (changed.go).
+	if err := c.commit(ctx, false, start); err != nil {
+		return err
+	}
+	if err := e.watch.check(ctx); err != nil {
+		return e.sourceChanged(err)
+	}
 	return c.commit(ctx, true, start)
 }
 

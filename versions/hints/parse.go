@@ -18,6 +18,19 @@ type Extent struct {
 	Exists bool
 }
 
+// HasData reports whether extents name any data: an exists=true extent of
+// at least one byte. Hints without data and without a base version
+// describe an image that is all zeros, which is more often an empty or
+// truncated hints file than the truth.
+func HasData(extents []Extent) bool {
+	for _, e := range extents {
+		if e.Exists && e.Length > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // ErrInvalid is wrapped by every error about the content of a hints file.
 var ErrInvalid = errors.New("invalid hints")
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,12 @@ var (
 	ErrTargetExists = errors.New("target exists")
 	// ErrTargetTooSmall: the existing target is smaller than the version.
 	ErrTargetTooSmall = errors.New("target too small")
+	// ErrBadTarget: the restore target is neither a regular file nor a
+	// block device (a directory, a FIFO, a character device, ...).
+	ErrBadTarget = errors.New("unusable restore target")
+	// ErrTargetBusy: the restore target is a block device in use (mounted,
+	// held by device-mapper, md or swap, or opened exclusively).
+	ErrTargetBusy = errors.New("restore target in use")
 )
 
 // Source is a readable image of known size.
@@ -80,15 +87,25 @@ func Open(spec string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
+	// The type first: open(2) of a FIFO would wait for a writer.
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, path)
+		}
+		return nil, fmt.Errorf("source %s: %w", path, err)
+	}
+	if !usable(st.Mode()) {
+		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device%s", ErrUnsupported, path, describeMode(st.Mode()), sourceAdvice(st.Mode()))
+	}
+	f, err := openNoBlock(path, os.O_RDONLY)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, path)
 		}
 		return nil, fmt.Errorf("opening source %s: %w", path, err)
 	}
-	st, err := f.Stat()
-	if err != nil {
+	if st, err = f.Stat(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("source %s: %w", path, err)
 	}
@@ -96,7 +113,7 @@ func Open(spec string) (*File, error) {
 	switch {
 	case st.Mode().IsRegular():
 		s.size = st.Size()
-	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+	case isBlockDevice(st.Mode()):
 		s.isDev = true
 		end, err := f.Seek(0, io.SeekEnd)
 		if err != nil {
@@ -104,9 +121,9 @@ func Open(spec string) (*File, error) {
 			return nil, fmt.Errorf("source %s: size of block device: %w", path, err)
 		}
 		s.size = end
-	default:
+	default: // replaced since the Stat above
 		f.Close()
-		return nil, fmt.Errorf("%w: %s is neither a regular file nor a block device", ErrUnsupported, path)
+		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device", ErrUnsupported, path, describeMode(st.Mode()))
 	}
 	// We read every byte once, front to back.
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)
@@ -166,4 +183,59 @@ func (s *File) IsHole(off, n int64) bool {
 	}
 	s.lastAsk, s.nextData = off, d
 	return d >= off+n
+}
+
+// State is what can tell cheaply that a source was modified: its size
+// and, for a regular file, its modification and status change times. The
+// times of a block device are those of its device node and say nothing.
+type State struct {
+	Size         int64
+	Mtime, Ctime time.Time
+	HasTimes     bool
+}
+
+// Changes describes how later differs from s ("its size changed from 1
+// to 2 bytes; it was modified (mtime ...)"), "" if it does not.
+func (s State) Changes(later State) string {
+	var out []string
+	if s.Size != later.Size {
+		out = append(out, fmt.Sprintf("its size changed from %d to %d bytes", s.Size, later.Size))
+	}
+	if s.HasTimes && later.HasTimes {
+		switch {
+		case !s.Mtime.Equal(later.Mtime):
+			out = append(out, fmt.Sprintf("it was modified (mtime %s, was %s)", later.Mtime.UTC().Format(time.RFC3339Nano), s.Mtime.UTC().Format(time.RFC3339Nano)))
+		case !s.Ctime.Equal(later.Ctime):
+			out = append(out, fmt.Sprintf("its inode changed (ctime %s, was %s)", later.Ctime.UTC().Format(time.RFC3339Nano), s.Ctime.UTC().Format(time.RFC3339Nano)))
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// Stater is implemented by sources that can report their State.
+type Stater interface {
+	State() (State, error)
+}
+
+// State reports the source's current size and, for a regular file, its
+// modification and status change times (fstat), so that a backup can tell
+// a source written while it was read.
+func (s *File) State() (State, error) {
+	if s.isDev {
+		end, err := s.f.Seek(0, io.SeekEnd)
+		if err != nil {
+			return State{}, fmt.Errorf("source %s: size of block device: %w", s.name, err)
+		}
+		return State{Size: end}, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(s.f.Fd()), &st); err != nil {
+		return State{}, fmt.Errorf("source %s: %w", s.name, err)
+	}
+	return State{
+		Size:     st.Size,
+		Mtime:    time.Unix(st.Mtim.Unix()),
+		Ctime:    time.Unix(st.Ctim.Unix()),
+		HasTimes: true,
+	}, nil
 }

@@ -444,9 +444,9 @@ func TestCreateTargetExisting(t *testing.T) {
 		{"too-small", existing, 1001, true, source.ErrTargetTooSmall},
 		{"same-size", existing, 1000, true, nil},
 		{"larger-than-needed", existing, 10, true, nil},
-		{"directory", dir, 10, true, source.ErrUnsupported},
-		{"directory-no-force", dir, 10, false, source.ErrTargetExists},
-		{"char-device", "/dev/null", 10, true, source.ErrUnsupported},
+		{"directory", dir, 10, true, source.ErrBadTarget},
+		{"directory-no-force", dir, 10, false, source.ErrBadTarget},
+		{"char-device", "/dev/null", 10, true, source.ErrBadTarget},
 		{"bad-scheme", "nbd://host/export", 10, true, source.ErrUnsupported},
 		{"missing-parent", filepath.Join(dir, "no", "such", "dir"), 10, false, nil},
 	}

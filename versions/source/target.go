@@ -28,7 +28,10 @@ type Target struct {
 // CreateTarget prepares a restore of size bytes to spec (a path or file://
 // URL). A new file is created under a temporary name beside it, already
 // size bytes long and entirely a hole. An existing file or block device is
-// used only with force, and must be at least size bytes.
+// used only with force, and must be at least size bytes; a block device is
+// opened exclusively and refused (ErrTargetBusy) when it is in use. Any
+// other existing file (a directory, a FIFO, a character device) is refused
+// with ErrBadTarget.
 func CreateTarget(spec string, size int64, force bool) (*Target, error) {
 	path, err := PathFromSpec(spec)
 	if err != nil {
@@ -37,16 +40,15 @@ func CreateTarget(spec string, size int64, force bool) (*Target, error) {
 	st, err := os.Stat(path)
 	switch {
 	case err == nil:
+		if !usable(st.Mode()) {
+			return nil, badTarget(path, st.Mode())
+		}
 		if !force {
 			return nil, fmt.Errorf("%w: %s (use --force to overwrite it)", ErrTargetExists, path)
 		}
-		isDev := st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
-		if !isDev && !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("%w: target %s is neither a regular file nor a block device", ErrUnsupported, path)
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		f, isDev, err := openExisting(path, st.Mode())
 		if err != nil {
-			return nil, fmt.Errorf("opening target %s: %w", path, err)
+			return nil, err
 		}
 		have := st.Size()
 		if isDev {

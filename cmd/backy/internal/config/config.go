@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"syscall"
 )
 
 // ErrInvalid is wrapped by every error that reports a problem in the content
@@ -50,17 +51,17 @@ type Defaults struct {
 	// LogLevel is one of "debug", "info", "warn", "error". Default "info".
 	LogLevel string
 	// DisallowRmWhenYoungerThanDays refuses removing versions younger than
-	// this many days; 0 (the default) disables the check. It is >= 0 but
-	// has no upper bound: callers converting it to a time.Duration must
-	// guard against overflow (above about 106751 days).
+	// this many days; 0 (the default) disables the check. It is from 0 to
+	// MaxDisallowRmDays, so it converts to a time.Duration safely.
 	DisallowRmWhenYoungerThanDays int
-	// Workers is the number of parallel hashing/transform workers; 0 (the
-	// default) means one per CPU.
+	// Workers is the number of parallel hashing/transform workers, from 0
+	// to MaxWorkers; 0 (the default) means one per CPU.
 	Workers int
 	// Compression of new blocks: "none" (the default) or "zstd". A block is
 	// stored compressed only if that makes it smaller.
 	Compression string
-	// CompressionLevel is the zstd level: 1 fastest (default) .. 4 best.
+	// CompressionLevel is the zstd level: 1 fastest (default) .. 4 best
+	// (MinCompressionLevel .. MaxCompressionLevel).
 	CompressionLevel int
 	// Timezone is the IANA name of the zone of retention's calendar
 	// buckets and of YYYY-MM-DD dates (enforce, expire); default "UTC".
@@ -84,8 +85,8 @@ type Data struct {
 	// with type s3.
 	Path string
 	// SimultaneousWrites and SimultaneousReads bound the concurrent
-	// backend writes and reads; both >= 1. Default 4 for type file, 16 for
-	// type s3.
+	// backend writes and reads; both from 1 to MaxSimultaneous. Default 4
+	// for type file, 16 for type s3.
 	SimultaneousWrites, SimultaneousReads int
 	// S3 holds the keys of type s3; it is the zero S3 with type file.
 	S3 S3
@@ -142,13 +143,18 @@ func Default(dir string) *Config {
 // Load reads and parses the configuration file at path. If the file does
 // not exist the error wraps [ErrNotFound] (and [fs.ErrNotExist]); other read
 // errors are returned wrapped as they are; problems in the content wrap
-// [ErrInvalid]. Files larger than 1 MiB are rejected.
+// [ErrInvalid]. Files larger than 1 MiB are rejected, and so is anything
+// but a regular file (a directory, a FIFO, a device), without waiting.
 //
 // Besides the warnings of [Parse], Load warns (in Config.Warnings) if the
 // file holds a key, a passphrase or an S3 secret access key or session
 // token inline and is readable by group or others.
 func Load(path string) (*Config, error) {
-	f, err := os.Open(path)
+	// The type first: open(2) of a FIFO would wait for a writer.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", fileKind(fi.Mode()))}
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.Is(err, fs.ErrNotExist) && errors.As(err, &pe) {
@@ -157,6 +163,9 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() { // replaced since the Stat
+		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", fileKind(fi.Mode()))}
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -235,4 +244,21 @@ func Resolve(flagPath string, getenv func(string) string) (*Config, bool, error)
 		return nil, false, err
 	}
 	return Default(home), true, nil
+}
+
+// fileKind names the kind of file of mode m for messages.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	}
+	return "not a regular file"
 }

@@ -10,7 +10,9 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 const examplePath = "../../../../backy.cfg.example"
@@ -159,7 +161,12 @@ var validTests = []struct {
 	{"CRLF and BOM", "\uFEFF[MetaBackend]\r\npath = /m/backy.db\r\n[DataBackend]\r\npath = /d\r\n", func(c *Config) {}},
 	{"no trailing newline", "[MetaBackend]\npath = /m/backy.db\n[DataBackend]\npath = /d", func(c *Config) {}},
 	{"header with blanks around", "  [DEFAULTS]  \nworkers = 1\n", func(c *Config) { c.Defaults.Workers = 1 }},
-	{"huge days", "[DEFAULTS]\ndisallow_rm_when_younger_than_days = 100000\n", func(c *Config) { c.Defaults.DisallowRmWhenYoungerThanDays = 100000 }},
+	{"max days", "[DEFAULTS]\ndisallow_rm_when_younger_than_days = 36500\n", func(c *Config) { c.Defaults.DisallowRmWhenYoungerThanDays = 36500 }},
+	{"max workers", "[DEFAULTS]\nworkers = 256\n", func(c *Config) { c.Defaults.Workers = 256 }},
+	{"max simultaneous", "[DataBackend]\npath = /d\nsimultaneous_writes = 1024\nsimultaneous_reads = 1024\n[MetaBackend]\npath = /m/backy.db\n", func(c *Config) {
+		c.Meta.Path, c.Data.Path = "/m/backy.db", "/d"
+		c.Data.SimultaneousWrites, c.Data.SimultaneousReads = 1024, 1024
+	}},
 }
 
 func fullInput(in string) string {
@@ -214,8 +221,8 @@ var errorTests = []struct {
 	{"duplicate path", "[MetaBackend]\npath = /a\npath = /b\n[DataBackend]\npath = /d\n", 3, "path", []string{"[MetaBackend]", "duplicate key", "line 2"}},
 	{"unknown key", "[DEFAULTS]\ncompresion = zstd\n" + required, 2, "compresion", []string{"[DEFAULTS]", "unknown key", "block_size", "workers"}},
 	{"compression unknown", "[DEFAULTS]\ncompression = lz4\n" + required, 2, "compression", []string{"lz4"}},
-	{"compression level too high", "[DEFAULTS]\ncompression_level = 5\n" + required, 2, "compression_level", []string{"1 fastest"}},
-	{"compression level zero", "[DEFAULTS]\ncompression_level = 0\n" + required, 2, "compression_level", nil},
+	{"compression level too high", "[DEFAULTS]\ncompression_level = 5\n" + required, 2, "compression_level", []string{`"5" is out of range: compression_level must be between 1 and 4`, "1 fastest"}},
+	{"compression level zero", "[DEFAULTS]\ncompression_level = 0\n" + required, 2, "compression_level", []string{"compression_level must be between 1 and 4"}},
 	{"unknown time zone", "[DEFAULTS]\ntimezone = Mars/Olympus\n" + required, 2, "timezone", []string{"IANA"}},
 	{"empty time zone", "[DEFAULTS]\ntimezone =\n" + required, 2, "timezone", []string{"IANA"}},
 	{"process_name unsupported", "[DEFAULTS]\nprocess_name = backy\n" + required, 2, "process_name", []string{"unknown key"}},
@@ -227,32 +234,37 @@ var errorTests = []struct {
 	{"block size negative", "[DEFAULTS]\nblock_size = -4MiB\n" + required, 2, "block_size", []string{"not a number of bytes"}},
 	{"block size fraction", "[DEFAULTS]\nblock_size = 1.5MiB\n" + required, 2, "block_size", []string{"not a number of bytes"}},
 	{"block size suffix only", "[DEFAULTS]\nblock_size = MiB\n" + required, 2, "block_size", []string{"not a number of bytes"}},
-	{"block size TiB", "[DEFAULTS]\nblock_size = 1TiB\n" + required, 2, "block_size", []string{"not a number of bytes"}},
+	{"block size TiB", "[DEFAULTS]\nblock_size = 1TiB\n" + required, 2, "block_size", []string{"must be between 64KiB and 64MiB"}},
 	{"block size overflow", "[DEFAULTS]\nblock_size = 99999999999999999999\n" + required, 2, "block_size", []string{"not a number of bytes"}},
 	{"block size overflow suffix", "[DEFAULTS]\nblock_size = 9999999999999G\n" + required, 2, "block_size", []string{"not a number of bytes"}},
 	{"block size inline comment", "[DEFAULTS]\nblock_size = 4MiB # default\n" + required, 2, "block_size", []string{"not a number of bytes", "inline comments are not supported"}},
-	{"block size too small", "[DEFAULTS]\nblock_size = 32KiB\n" + required, 2, "block_size", []string{"out of range", "64KiB to 64MiB"}},
-	{"block size zero", "[DEFAULTS]\nblock_size = 0\n" + required, 2, "block_size", []string{"out of range"}},
-	{"block size too big", "[DEFAULTS]\nblock_size = 128M\n" + required, 2, "block_size", []string{"out of range", "134217728"}},
-	{"block size 1G", "[DEFAULTS]\nblock_size = 1G\n" + required, 2, "block_size", []string{"out of range"}},
-	{"block size not multiple", "[DEFAULTS]\nblock_size = 65537\n" + required, 2, "block_size", []string{"not a multiple of 4096"}},
-	{"block size not multiple 2", "[DEFAULTS]\nblock_size = 100000\n" + required, 2, "block_size", []string{"not a multiple of 4096"}},
+	{"block size too small", "[DEFAULTS]\nblock_size = 32KiB\n" + required, 2, "block_size", []string{`"32KiB" is invalid: block_size must be between 64KiB and 64MiB`}},
+	{"block size zero", "[DEFAULTS]\nblock_size = 0\n" + required, 2, "block_size", []string{`"0" (0 bytes) is invalid`, "between 64KiB and 64MiB"}},
+	{"block size too big", "[DEFAULTS]\nblock_size = 128M\n" + required, 2, "block_size", []string{`"128M" (128MiB) is invalid: block_size must be between 64KiB and 64MiB`}},
+	{"block size 1G", "[DEFAULTS]\nblock_size = 1G\n" + required, 2, "block_size", []string{`"1G" (1GiB) is invalid`, "between 64KiB and 64MiB"}},
+	{"block size not multiple", "[DEFAULTS]\nblock_size = 65537\n" + required, 2, "block_size", []string{`"65537" (65537 bytes) is invalid: block_size must be a multiple of 4KiB`}},
+	{"block size not multiple 2", "[DEFAULTS]\nblock_size = 100000\n" + required, 2, "block_size", []string{"must be a multiple of 4KiB"}},
 	{"log level bad", "[DEFAULTS]\nlog_level = verbose\n" + required, 2, "log_level", []string{`"verbose"`, "debug, info, warn, error"}},
 	{"log level upper", "[DEFAULTS]\nlog_level = INFO\n" + required, 2, "log_level", []string{`"INFO"`}},
 	{"log level warning", "[DEFAULTS]\nlog_level = warning\n" + required, 2, "log_level", []string{`"warning"`}},
 	{"log level empty", "[DEFAULTS]\nlog_level =\n" + required, 2, "log_level", []string{`""`}},
-	{"workers negative", "[DEFAULTS]\nworkers = -1\n" + required, 2, "workers", []string{"too small", ">= 0"}},
-	{"workers word", "[DEFAULTS]\nworkers = many\n" + required, 2, "workers", []string{"not an integer", ">= 0"}},
+	{"workers negative", "[DEFAULTS]\nworkers = -1\n" + required, 2, "workers", []string{`"-1" is out of range: workers must be between 0 and 256 (0 = one per CPU)`}},
+	{"workers too many", "[DEFAULTS]\nworkers = 1000000\n" + required, 2, "workers", []string{`"1000000" is out of range: workers must be between 0 and 256`}},
+	{"workers one too many", "[DEFAULTS]\nworkers = 257\n" + required, 2, "workers", []string{"between 0 and 256"}},
+	{"workers word", "[DEFAULTS]\nworkers = many\n" + required, 2, "workers", []string{`"many" is not an integer`, "workers must be between 0 and 256"}},
 	{"workers plus", "[DEFAULTS]\nworkers = +2\n" + required, 2, "workers", []string{"not an integer"}},
 	{"workers empty", "[DEFAULTS]\nworkers =\n" + required, 2, "workers", []string{"not an integer"}},
 	{"workers suffix", "[DEFAULTS]\nworkers = 4k\n" + required, 2, "workers", []string{"not an integer"}},
 	{"workers overflow", "[DEFAULTS]\nworkers = 99999999999999999999999\n" + required, 2, "workers", []string{"out of range"}},
 	{"workers inline comment", "[DEFAULTS]\nworkers = 4 ; four\n" + required, 2, "workers", []string{"not an integer", "inline comments are not supported"}},
-	{"days negative", "[DEFAULTS]\ndisallow_rm_when_younger_than_days = -3\n" + required, 2, "disallow_rm_when_younger_than_days", []string{"too small"}},
+	{"days negative", "[DEFAULTS]\ndisallow_rm_when_younger_than_days = -3\n" + required, 2, "disallow_rm_when_younger_than_days", []string{"must be between 0 and 36500"}},
+	{"days too many", "[DEFAULTS]\ndisallow_rm_when_younger_than_days = 36501\n" + required, 2, "disallow_rm_when_younger_than_days", []string{`"36501" is out of range`, "must be between 0 and 36500"}},
 	{"days float", "[DEFAULTS]\ndisallow_rm_when_younger_than_days = 1.5\n" + required, 2, "disallow_rm_when_younger_than_days", []string{"not an integer"}},
-	{"writes zero", required + "simultaneous_writes = 0\n", 5, "simultaneous_writes", []string{"[DataBackend]", "too small", ">= 1"}},
-	{"reads zero", required + "simultaneous_reads = 0\n", 5, "simultaneous_reads", []string{"too small", ">= 1"}},
-	{"reads negative", required + "simultaneous_reads = -5\n", 5, "simultaneous_reads", []string{">= 1"}},
+	{"writes zero", required + "simultaneous_writes = 0\n", 5, "simultaneous_writes", []string{"[DataBackend]", `"0" is out of range: simultaneous_writes must be between 1 and 1024`}},
+	{"writes too many", required + "simultaneous_writes = 1000000\n", 5, "simultaneous_writes", []string{"simultaneous_writes must be between 1 and 1024"}},
+	{"reads zero", required + "simultaneous_reads = 0\n", 5, "simultaneous_reads", []string{"simultaneous_reads must be between 1 and 1024"}},
+	{"reads too many", required + "simultaneous_reads = 1025\n", 5, "simultaneous_reads", []string{`"1025" is out of range`}},
+	{"reads negative", required + "simultaneous_reads = -5\n", 5, "simultaneous_reads", []string{"between 1 and 1024"}},
 	{"meta type", "[MetaBackend]\ntype = sqlite\npath = /m\n[DataBackend]\npath = /d\n", 2, "type", []string{"[MetaBackend]", `"sqlite"`, "bbolt"}},
 	{"meta type case", "[MetaBackend]\ntype = BBolt\npath = /m\n[DataBackend]\npath = /d\n", 2, "type", []string{"[MetaBackend]", "bbolt"}},
 	{"data type unknown", required + "type = gcs\n", 5, "type", []string{"[DataBackend]", `"gcs" is not a valid data backend type`, "file, s3"}},
@@ -320,7 +332,7 @@ func checkParseError(t *testing.T, in string, line int, key string, contains []s
 func TestErrorMessageExample(t *testing.T) {
 	in := "[DEFAULTS]\n" + strings.Repeat("\n", 10) + "block_size = 4MB\n" + required
 	_, err := Parse("backy.cfg", []byte(in))
-	const w = `backy.cfg:12: [DEFAULTS] block_size: "4MB" is not a number of bytes (expected e.g. 4194304 or 4MiB; suffixes K/KiB, M/MiB, G/GiB)`
+	const w = `backy.cfg:12: [DEFAULTS] block_size: "4MB" is not a number of bytes (expected e.g. 4194304 or 4MiB; suffixes K/KiB, M/MiB, G/GiB, T/TiB)`
 	if err == nil || err.Error() != w {
 		t.Errorf("got %v\nwant %s", err, w)
 	}
@@ -361,7 +373,8 @@ func TestParseSize(t *testing.T) {
 		{"4MB", 0, false},
 		{"4KB", 0, false},
 		{"4B", 0, false},
-		{"4T", 0, false},
+		{"4T", 4 << 40, true},
+		{"4X", 0, false},
 		{"4Mi", 0, false},
 		{"4 M i B", 0, false},
 		{"0x10", 0, false},
@@ -563,10 +576,26 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Load(bad) = %v", err)
 	}
 
-	// A directory is a read error, neither ErrNotFound nor ErrInvalid.
-	_, err = Load(dir)
-	if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
-		t.Errorf("Load(dir) = %v, want a read error", err)
+	// A directory, a FIFO or a device is no configuration file (exit 78),
+	// refused without waiting for a FIFO's writer.
+	fifo := filepath.Join(dir, "fifo.cfg")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, kind string }{{dir, "a directory"}, {fifo, "a FIFO"}, {"/dev/zero", "a character device"}} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := Load(tc.path)
+			done <- err
+		}()
+		select {
+		case err = <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("Load(%s) waits", tc.path)
+		}
+		if !errors.Is(err, ErrInvalid) || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), tc.path+": is "+tc.kind+", not a configuration file") {
+			t.Errorf("Load(%s) = %v, want ErrInvalid saying it is %s", tc.path, err, tc.kind)
+		}
 	}
 
 	// Too large.

@@ -66,7 +66,7 @@
 //	retry_for = <duration>             0 (no retries) to 24h; default 5m
 //	max_attempts = <1..100>            also caps the attempts; default none
 //	storage_class = <CLASS>            [A-Z0-9_]+, passed through; default none
-//	bandwidth_read = <size>            bytes per second, 0 (default) or >= 64KiB
+//	bandwidth_read = <size>            bytes per second, 0 (default) or 64KiB..1TiB
 //	bandwidth_write = <size>
 //
 // The checks that involve several keys (type, path, bucket and the
@@ -148,6 +148,14 @@
 // what is wrong and what is expected, for example:
 //
 //	backy.cfg:12: [DEFAULTS] block_size: "4MB" is not a number of bytes (expected e.g. 4194304 or 4MiB)
+//
+// Every count and size has bounds (see ranges.go: workers 0..256,
+// simultaneous_writes and simultaneous_reads 1..1024,
+// disallow_rm_when_younger_than_days 0..36500, compression_level 1..4,
+// block_size 64KiB..64MiB); a value outside them is an error naming the key
+// and the range, with sizes in units ([FormatSize]):
+//
+//	backy.cfg:3: [DEFAULTS] workers: "1000000" is out of range: workers must be between 0 and 256 (0 = one per CPU)
 //
 // Which configuration is used is decided by [Resolve]: the file given with
 // -c, else the file named by $BACKY_CONFIG, else the built-in default

@@ -23,10 +23,10 @@ func checkValid(t *testing.T, c *Config) {
 	default:
 		t.Errorf("invalid LogLevel %q", d.LogLevel)
 	}
-	if d.DisallowRmWhenYoungerThanDays < 0 {
+	if d.DisallowRmWhenYoungerThanDays < 0 || d.DisallowRmWhenYoungerThanDays > MaxDisallowRmDays {
 		t.Errorf("invalid DisallowRmWhenYoungerThanDays %d", d.DisallowRmWhenYoungerThanDays)
 	}
-	if d.Workers < 0 {
+	if d.Workers < 0 || d.Workers > MaxWorkers {
 		t.Errorf("invalid Workers %d", d.Workers)
 	}
 	if c.Meta.Type != "bbolt" {
@@ -48,7 +48,10 @@ func checkValid(t *testing.T, c *Config) {
 	default:
 		t.Errorf("invalid Data.Type %q", c.Data.Type)
 	}
-	if c.Data.SimultaneousWrites < 1 || c.Data.SimultaneousReads < 1 {
+	if d.CompressionLevel < MinCompressionLevel || d.CompressionLevel > MaxCompressionLevel {
+		t.Errorf("invalid CompressionLevel %d", d.CompressionLevel)
+	}
+	if c.Data.SimultaneousWrites < 1 || c.Data.SimultaneousReads < 1 || c.Data.SimultaneousWrites > MaxSimultaneous || c.Data.SimultaneousReads > MaxSimultaneous {
 		t.Errorf("invalid simultaneous writes/reads %d/%d", c.Data.SimultaneousWrites, c.Data.SimultaneousReads)
 	}
 	if c.Meta.Path == "" {

@@ -40,7 +40,7 @@ type keyDef struct {
 var keys = map[string][]keyDef{
 	sectionDefaults: append([]keyDef{
 		{name: "block_size", set: func(p *parser, v string) string {
-			n, msg := parseBlockSize(v)
+			n, msg := parseBlockSize(p.key, v)
 			p.cfg.Defaults.BlockSize = n
 			return msg
 		}},
@@ -59,12 +59,12 @@ var keys = map[string][]keyDef{
 			return msg
 		}},
 		{name: "disallow_rm_when_younger_than_days", set: func(p *parser, v string) string {
-			n, msg := parseInt(v, 0)
+			n, msg := p.parseIntRange(v, 0, MaxDisallowRmDays, "0 = no check")
 			p.cfg.Defaults.DisallowRmWhenYoungerThanDays = n
 			return msg
 		}},
 		{name: "workers", set: func(p *parser, v string) string {
-			n, msg := parseInt(v, 0)
+			n, msg := p.parseIntRange(v, 0, MaxWorkers, "0 = one per CPU")
 			p.cfg.Defaults.Workers = n
 			return msg
 		}},
@@ -74,10 +74,7 @@ var keys = map[string][]keyDef{
 			return msg
 		}},
 		{name: "compression_level", set: func(p *parser, v string) string {
-			n, msg := parseInt(v, 1)
-			if msg == "" && n > 4 {
-				msg = fmt.Sprintf("%d is not a zstd level of backy (expected 1 fastest, 2 default, 3 better, 4 best)", n)
-			}
+			n, msg := p.parseIntRange(v, MinCompressionLevel, MaxCompressionLevel, "1 fastest, 2 default, 3 better, 4 best")
 			p.cfg.Defaults.CompressionLevel = n
 			return msg
 		}},
@@ -120,12 +117,12 @@ var keys = map[string][]keyDef{
 			return msg
 		}},
 		{name: "simultaneous_writes", set: func(p *parser, v string) string {
-			n, msg := parseInt(v, 1)
+			n, msg := p.parseIntRange(v, 1, MaxSimultaneous, "")
 			p.cfg.Data.SimultaneousWrites = n
 			return msg
 		}},
 		{name: "simultaneous_reads", set: func(p *parser, v string) string {
-			n, msg := parseInt(v, 1)
+			n, msg := p.parseIntRange(v, 1, MaxSimultaneous, "")
 			p.cfg.Data.SimultaneousReads = n
 			return msg
 		}},
@@ -449,6 +446,12 @@ func parseSize(v string) (int64, bool) {
 		mult = 1 << 20
 	case "g", "gib":
 		mult = 1 << 30
+	case "t", "tib":
+		mult = 1 << 40
+	case "p", "pib":
+		mult = 1 << 50
+	case "e", "eib":
+		mult = 1 << 60
 	default:
 		return 0, false
 	}
@@ -458,16 +461,14 @@ func parseSize(v string) (int64, bool) {
 	return n * mult, true
 }
 
-func parseBlockSize(v string) (int64, string) {
+// parseBlockSize parses the value v of the block size key.
+func parseBlockSize(key, v string) (int64, string) {
 	n, ok := parseSize(v)
 	if !ok {
-		return 0, fmt.Sprintf("%s is not a number of bytes (expected e.g. 4194304 or 4MiB; suffixes K/KiB, M/MiB, G/GiB)", quote(v))
+		return 0, fmt.Sprintf("%s is not a number of bytes (expected e.g. 4194304 or 4MiB; suffixes K/KiB, M/MiB, G/GiB, T/TiB)", quote(v))
 	}
-	if n < minBlockSize || n > maxBlockSize {
-		return 0, fmt.Sprintf("%s (%d bytes) is out of range (expected 64KiB to 64MiB, e.g. 4MiB)", quote(v), n)
-	}
-	if n%blockSizeAlign != 0 {
-		return 0, fmt.Sprintf("%s (%d bytes) is not a multiple of %d (expected e.g. 4MiB)", quote(v), n, blockSizeAlign)
+	if msg := CheckBlockSize(key, n); msg != "" {
+		return 0, fmt.Sprintf("%s is invalid: %s", sizeValue(v, n), msg)
 	}
 	return n, ""
 }

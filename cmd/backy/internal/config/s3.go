@@ -209,12 +209,12 @@ var s3Keys = []keyDef{
 		return msg
 	}},
 	{name: "bandwidth_read", set: func(p *parser, v string) string {
-		n, msg := parseBandwidth(v)
+		n, msg := parseBandwidth(p.key, v)
 		p.cfg.Data.S3.BandwidthRead = n
 		return msg
 	}},
 	{name: "bandwidth_write", set: func(p *parser, v string) string {
-		n, msg := parseBandwidth(v)
+		n, msg := parseBandwidth(p.key, v)
 		p.cfg.Data.S3.BandwidthWrite = n
 		return msg
 	}},
@@ -626,15 +626,16 @@ func checkStorageClass(v string) string {
 	return fmt.Sprintf("%s is not a storage class (%s)", quote(v), expected)
 }
 
-// parseBandwidth parses a number of bytes per second in the size syntax:
-// 0 or at least 64 KiB.
-func parseBandwidth(v string) (int64, string) {
+// parseBandwidth parses the value v of the bandwidth key, a number of bytes
+// per second in the size syntax: 0 or from 64 KiB to MaxBandwidth.
+func parseBandwidth(key, v string) (int64, string) {
 	n, ok := parseSize(v)
 	if !ok {
-		return 0, fmt.Sprintf("%s is not a number of bytes per second (expected e.g. 50MiB or 52428800; suffixes K/KiB, M/MiB, G/GiB; 0 for no limit)", quote(v))
+		return 0, fmt.Sprintf("%s is not a number of bytes per second (expected e.g. 50MiB or 52428800; suffixes K/KiB, M/MiB, G/GiB, T/TiB; 0 for no limit)", quote(v))
 	}
-	if n != 0 && n < minS3BandwidthBPS {
-		return 0, fmt.Sprintf("%s (%d bytes per second) is too small (expected 0 for no limit, or at least 64KiB, e.g. 50MiB)", quote(v), n)
+	if n != 0 && (n < minS3BandwidthBPS || n > MaxBandwidth) {
+		return 0, fmt.Sprintf("%s is out of range: %s", sizeValue(v, n),
+			RangeError(key, FormatSize(minS3BandwidthBPS), FormatSize(MaxBandwidth)+" per second", "0 = no limit; e.g. 50MiB"))
 	}
 	return n, ""
 }

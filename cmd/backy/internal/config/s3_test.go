@@ -421,11 +421,12 @@ var s3ErrorTests = []struct {
 	{"bandwidth negative", s3Input("type = s3\nbucket = backy\nbandwidth_read = -1\n"), 6, "bandwidth_read", []string{"not a number of bytes per second"}},
 	{"bandwidth fraction", s3Input("type = s3\nbucket = backy\nbandwidth_read = 1.5M\n"), 6, "bandwidth_read", []string{"not a number of bytes per second"}},
 	{"bandwidth empty", s3Input("type = s3\nbucket = backy\nbandwidth_read =\n"), 6, "bandwidth_read", []string{"not a number of bytes per second"}},
-	{"bandwidth too small", s3Input("type = s3\nbucket = backy\nbandwidth_write = 50\n"), 6, "bandwidth_write", []string{`"50" (50 bytes per second) is too small`, "at least 64KiB"}},
-	{"bandwidth just too small", s3Input("type = s3\nbucket = backy\nbandwidth_write = 65535\n"), 6, "bandwidth_write", []string{"too small"}},
+	{"bandwidth too small", s3Input("type = s3\nbucket = backy\nbandwidth_write = 50\n"), 6, "bandwidth_write", []string{`"50" (50 bytes) is out of range: bandwidth_write must be between 64KiB and 1TiB per second (0 = no limit`}},
+	{"bandwidth too big", s3Input("type = s3\nbucket = backy\nbandwidth_read = 1025G\n"), 6, "bandwidth_read", []string{`"1025G" (1025GiB) is out of range`, "between 64KiB and 1TiB per second"}},
+	{"bandwidth just too small", s3Input("type = s3\nbucket = backy\nbandwidth_write = 65535\n"), 6, "bandwidth_write", []string{"(65535 bytes) is out of range"}},
 
 	// simultaneous with s3
-	{"s3 writes zero", s3Input("type = s3\nbucket = backy\nsimultaneous_writes = 0\n"), 6, "simultaneous_writes", []string{"too small", ">= 1"}},
+	{"s3 writes zero", s3Input("type = s3\nbucket = backy\nsimultaneous_writes = 0\n"), 6, "simultaneous_writes", []string{"simultaneous_writes must be between 1 and 1024"}},
 }
 
 func TestS3Errors(t *testing.T) {
@@ -899,7 +900,7 @@ func checkS3(t *testing.T, s S3) {
 		t.Errorf("invalid StorageClass %q", s.StorageClass)
 	}
 	for _, b := range []int64{s.BandwidthRead, s.BandwidthWrite} {
-		if b != 0 && b < 64<<10 {
+		if b != 0 && (b < 64<<10 || b > MaxBandwidth) {
 			t.Errorf("invalid bandwidth %d", b)
 		}
 	}

@@ -2,13 +2,14 @@ package config
 
 import "testing"
 
-func TestFormatSize(t *testing.T) {
+// TestFormatSizeReadsBack: what FormatSize prints parses as the same size.
+func TestFormatSizeReadsBack(t *testing.T) {
 	for _, c := range []struct {
 		n    int64
 		want string
 	}{
 		{0, "0 bytes"}, {1, "1 byte"}, {1000, "1000 bytes"}, {4096, "4KiB"}, {64 << 10, "64KiB"}, {1536 << 10, "1536KiB"},
-		{4 << 20, "4MiB"}, {64 << 20, "64MiB"}, {1 << 30, "1GiB"}, {3 << 40, "3072GiB"},
+		{4 << 20, "4MiB"}, {64 << 20, "64MiB"}, {1 << 30, "1GiB"}, {3 << 40, "3TiB"}, {1 << 62, "4EiB"},
 	} {
 		if got := FormatSize(c.n); got != c.want {
 			t.Errorf("FormatSize(%d) = %q, want %q", c.n, got, c.want)
@@ -36,11 +37,11 @@ func TestParseSizeFlags(t *testing.T) {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d ok=%v", c.in, n, err, c.want, c.ok)
 		}
 	}
-	if n, err := ParseBlockSize("1MiB"); err != nil || n != 1<<20 {
+	if n, err := ParseBlockSize("--block-size", "1MiB"); err != nil || n != 1<<20 {
 		t.Errorf("ParseBlockSize(1MiB) = %d, %v", n, err)
 	}
 	for _, bad := range []string{"1KiB", "128MiB", "65537", "x"} {
-		if _, err := ParseBlockSize(bad); err == nil {
+		if _, err := ParseBlockSize("--block-size", bad); err == nil {
 			t.Errorf("ParseBlockSize(%q) accepted", bad)
 		}
 	}
