@@ -93,7 +93,7 @@ func exitCode(err error) int {
 		errors.Is(err, transfer.ErrKeyMismatch):
 		return exitDataErr
 	case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrMissing), errors.Is(err, restore.ErrNotRestorable),
-		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky),
+		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky), errors.Is(err, metastore.ErrDamaged),
 		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, reencrypt.ErrIncomplete), errors.Is(err, keyring.ErrBadRegistration),
 		errors.Is(err, replicate.ErrNotCopyable), errors.Is(err, transfer.ErrMissingObjects), errors.Is(err, metastore.ErrTrashed),
 		errors.Is(err, transfer.ErrNotExportable):

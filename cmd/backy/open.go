@@ -116,7 +116,8 @@ func (e *env) close() {
 func (e *env) openStore(ctx context.Context) (*store, error) {
 	s, err := e.openStoreInner(ctx)
 	if err != nil && !errors.Is(err, metastore.ErrNoStore) && !errors.Is(err, errStoreMismatch) && !errors.Is(err, blockstore.ErrStoreExists) && !errors.Is(err, config.ErrInvalid) &&
-		!errors.Is(err, metastore.ErrNewerSchema) && !errors.Is(err, metastore.ErrLocked) && !errors.Is(err, metastore.ErrBusy) {
+		!errors.Is(err, metastore.ErrNewerSchema) && !errors.Is(err, metastore.ErrLocked) && !errors.Is(err, metastore.ErrBusy) &&
+		!errors.Is(err, metastore.ErrDamaged) && !errors.Is(err, metastore.ErrNotBacky) && !errors.Is(err, metastore.ErrCorrupt) {
 		where := "the paths in " + configName(e.cfg)
 		if e.isDefault {
 			where = "BACKY_HOME (or use -c FILE)"
