@@ -270,7 +270,10 @@ func (e *engine) openVersion() (*metastore.Lock, int64, error) {
 		v, err := e.db.Version(e.o.Resume)
 		switch {
 		case err != nil:
-		case v.Status != metastore.StatusIncomplete || v.Removing:
+		case v.Removing:
+			err = fmt.Errorf("%w %s: it is being removed (a removal that was cut short), not an interrupted backup: 'backy rm %s', 'backy enforce' or 'backy cleanup' finishes the removal; back up again for a new version",
+				ErrBadResume, v.UID, v.UID)
+		case v.Status != metastore.StatusIncomplete:
 			err = fmt.Errorf("%w %s: it is %s, only an incomplete version can be resumed", ErrBadResume, v.UID, v.Status)
 		case v.Size != e.size:
 			err = fmt.Errorf("%w %s: it was a backup of %d bytes, the source has %d", ErrBadResume, v.UID, v.Size, e.size)
