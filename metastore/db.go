@@ -1,12 +1,10 @@
 package metastore
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,82 +100,6 @@ func notBacky(path string) error {
 	return fmt.Errorf("%w: %s has no schema version (if it is this store's metastore, damaged, recreate it from the data backend with 'backy rebuild-metastore')", ErrNotBacky, path)
 }
 
-// Create makes a new, empty metastore at path for the store storeID with
-// the given block size. It fails with ErrExists if one is already there.
-func Create(path string, blockSize int64, storeID [16]byte, opts Options) (*DB, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("creating store directory: %w", err)
-	}
-	lk, err := lockStore(path, false)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(path); err == nil {
-		lk.Unlock()
-		return nil, fmt.Errorf("%w: %s", ErrExists, path)
-	}
-	db := &DB{path: path, opts: opts, storeLock: lk, blockSize: blockSize, storeID: storeID}
-	// Build the database under a temporary name and rename it into place,
-	// so a crash never leaves a half-initialised store.
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := fmt.Sprintf("%s.creating-%x", path, rnd)
-	bdb, err := openBolt(tmp, false, true, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		lk.Unlock()
-		return nil, err
-	}
-	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucket(b); err != nil {
-				return err
-			}
-		}
-		m := tx.Bucket(bktMeta)
-		put := func(k, v []byte) {
-			if err == nil {
-				err = m.Put(k, v)
-			}
-		}
-		put(keySchema, binary.BigEndian.AppendUint32(nil, CurrentSchema))
-		put(keyStoreID, db.storeID[:])
-		put(keyBlockSize, binary.BigEndian.AppendUint64(nil, uint64(blockSize)))
-		put(keyCreated, []byte(db.now().UTC().Format(time.RFC3339)))
-		return err
-	})
-	if cerr := bdb.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = syncedRename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		lk.Unlock()
-		return nil, fmt.Errorf("creating metastore %s: %w", path, err)
-	}
-	return db, nil
-}
-
-// syncedRename renames and makes the rename durable.
-func syncedRename(from, to string) error {
-	if err := os.Link(from, to); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("%w: %s", ErrExists, to)
-		}
-		return err
-	}
-	if err := os.Remove(from); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(to))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // Open opens the metastore at path. It fails with ErrNoStore when there is
 // none, ErrNewerSchema when a newer backy wrote it, and ErrOlderSchema when
 // it must be migrated first (package migrate does that).
@@ -223,6 +145,7 @@ func Open(path string, opts Options) (*DB, error) {
 		lk.Unlock()
 		return nil, err
 	}
+	removeInPlaceCreations(path)
 	return db, nil
 }
 

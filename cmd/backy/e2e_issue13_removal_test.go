@@ -196,12 +196,17 @@ func TestEnforceKill(t *testing.T) {
 	enforce := []string{"enforce", "latest1", "--json"}
 
 	// How long an uninterrupted run takes: the kill points lie in it.
-	m := b.with(t)
-	m.setHome(b.path("measure"))
-	e2eCloneStore(t, template, m.home)
-	d := m.ok(enforce...).dur
-	if n := len(e2eDecode[[]e2eListed](t, m.ok(enforce...))); n != 0 {
-		t.Fatalf("a second enforce removed %d versions", n)
+	var d time.Duration
+	for i := range 3 {
+		m := b.with(t)
+		m.setHome(b.path(fmt.Sprintf("measure%d", i)))
+		e2eCloneStore(t, template, m.home)
+		if r := m.ok(enforce...); i == 0 || r.dur < d {
+			d = r.dur
+		}
+		if n := len(e2eDecode[[]e2eListed](t, m.ok(enforce...))); n != 0 {
+			t.Fatalf("a second enforce removed %d versions", n)
+		}
 	}
 	t.Logf("an uninterrupted enforce removing 15 versions takes %s", d.Round(time.Millisecond))
 
