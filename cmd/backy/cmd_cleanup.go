@@ -51,6 +51,13 @@ func cmdCleanup(e *env) *cli.Command {
 			if len(busy) > 0 {
 				e.log.Info("cleanup: versions being removed by another process", "versions", busy)
 			}
+			// Temporary metastores of killed store creations (none runs
+			// while the creation lock can be taken).
+			var staleFiles []string
+			if lk, err := metastore.TryLockCreate(e.cfg.Meta.Path); err == nil {
+				staleFiles = e.removeCreations(nil)
+				lk.Unlock()
+			}
 			// Every version's metadata is in the backend before anything
 			// is deleted (a replaced object may still be named by a stale
 			// snapshot), and objects of versions only the backend knows
@@ -88,7 +95,8 @@ func cmdCleanup(e *env) *cli.Command {
 				out := struct {
 					*cleanup.Result
 					RemovalsFinished []string `json:"removals_finished,omitempty"`
-				}{res, finishedUIDs}
+					StaleFiles       []string `json:"stale_files_removed,omitempty"`
+				}{res, finishedUIDs, staleFiles}
 				if jerr := ui.JSON(e.stdout, out); jerr != nil {
 					return jerr
 				}
@@ -97,6 +105,9 @@ func cmdCleanup(e *env) *cli.Command {
 			var rows [][]string
 			if len(finishedUIDs) > 0 {
 				rows = append(rows, []string{"interrupted removals finished", strings.Join(finishedUIDs, " ")})
+			}
+			if len(staleFiles) > 0 {
+				rows = append(rows, []string{"stale files of interrupted commands removed", strings.Join(staleFiles, " ")})
 			}
 			rows = append(rows, [][]string{
 				{"unreferenced blocks deleted", fmt.Sprint(res.BlocksDeleted)},

@@ -104,7 +104,7 @@ func exitCode(err error) int {
 		return exitCantCreate
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, metastore.ErrVersionNotFound), errors.Is(err, metastore.ErrNoStore),
 		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions),
-		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot):
+		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot), errors.Is(err, source.ErrNoTargetDir):
 		return exitNotFound
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
 		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported):
@@ -121,6 +121,17 @@ func exitCode(err error) int {
 
 // hint returns advice to add to a message that lacks it.
 func hint(err error, code int) string {
+	var rf *restoreFailure
+	if errors.As(err, &rf) && (code == exitNoSpace || code == exitInterrupted) {
+		what := "the restore did not finish and left nothing at " + rf.target
+		if rf.existing {
+			what = "the restore did not finish: " + rf.target + " holds part of the version"
+		}
+		if code == exitNoSpace {
+			return what + "; free space on that device and run the restore again"
+		}
+		return what + "; run the restore again"
+	}
 	switch code {
 	case exitNoSpace:
 		return "free space on that device (an interrupted backup can be finished with 'backy backup --resume VERSION')"
