@@ -222,7 +222,7 @@ func Inspect(path string, storeID [16]byte) (problem error, err error) {
 	// every page a bucket holds here, under guard): a freelist a writer
 	// can use (a damaged one stops every write while reads still work),
 	// every page reachable or free exactly once, keys in order.
-	err = precheck(path, true)
+	err = precheck(path, true, 10*time.Second)
 	if err == nil {
 		err = db.view(func(tx *bolt.Tx) error {
 			// Drained to the end: the checking goroutine reads the

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -58,13 +59,26 @@ const minFileSize = 4 * 4096
 // or that bbolt rejects or panics on, fails with ErrDamaged. With create,
 // a missing or empty file becomes a new database (Create only).
 func openBolt(path string, readOnly, create bool, o *bolt.Options) (bdb *bolt.DB, err error) {
-	if !create {
+	switch {
+	case create:
+	case !readOnly:
 		// Checked before bbolt sees the file: a writer's Open reads the
 		// freelist and panics on a bad one, after it has locked and
 		// mapped the file, and the mapping would keep the lock held
 		// until this process ends.
-		if err := precheck(path, !readOnly); err != nil {
+		if err := precheck(path, true, o.Timeout); err != nil {
 			return nil, err
+		}
+	default:
+		// A reader's Open reads the meta pages only: checked once bbolt
+		// holds the file (below). Too short a file it would try to
+		// initialise.
+		fi, err := os.Stat(path)
+		if err != nil {
+			return nil, fmt.Errorf("opening metastore: %w", err)
+		}
+		if fi.Size() < minFileSize {
+			return nil, damaged(path, fmt.Sprintf("%d bytes long: truncated", fi.Size()))
 		}
 	}
 	opts := *o
@@ -93,16 +107,31 @@ func openBolt(path string, readOnly, create bool, o *bolt.Options) (bdb *bolt.DB
 	if err != nil {
 		return nil, openError(path, err)
 	}
+	if readOnly && !create {
+		// Under bbolt's shared lock: no commit is half written.
+		if err := checkFile(file, false); err != nil {
+			_ = bdb.Close()
+			return nil, damaged(path, err)
+		}
+	}
 	return bdb, nil
 }
 
-// precheck checks the database file at path with checkFile.
-func precheck(path string, freelist bool) error {
+// precheck checks the database file at path with checkFile. It holds a
+// shared lock on the file meanwhile, as a bbolt reader does (waiting up to
+// timeout for a writer), so that it never sees a commit half written.
+func precheck(path string, freelist bool, timeout time.Duration) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("opening metastore: %w", err)
 	}
 	defer f.Close()
+	if err := flockShared(f, timeout); err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return fmt.Errorf("%w: %s is held by another process", ErrBusy, path)
+		}
+		return fmt.Errorf("opening metastore %s: %w", path, err)
+	}
 	fi, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("opening metastore: %w", err)
@@ -114,6 +143,26 @@ func precheck(path string, freelist bool) error {
 		return damaged(path, err)
 	}
 	return nil
+}
+
+// flockShared takes a shared flock on f, polling as bbolt does, for at
+// most timeout (0: wait as long as it takes).
+func flockShared(f *os.File, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, syscall.EINTR):
+			continue
+		case !errors.Is(err, syscall.EWOULDBLOCK):
+			return err
+		case timeout > 0 && time.Now().After(deadline):
+			return berrors.ErrTimeout
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // checkFile checks the database file f as bbolt reads it (bbolt trusts
