@@ -1,17 +1,15 @@
 package metastore
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // CurrentSchema is the schema version this code reads and writes. Each
@@ -65,6 +63,9 @@ type DB struct {
 	storeID   [16]byte
 
 	mu sync.RWMutex // serialises this process's own transactions
+	// damage is set once a transaction found the file damaged (guard):
+	// every later one fails with the same error.
+	damage atomic.Pointer[error]
 }
 
 // SchemaOf reads the schema version of the metastore at path without
@@ -76,107 +77,27 @@ func SchemaOf(path string) (int, error) {
 		}
 		return 0, err
 	}
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Minute})
-	if err != nil {
-		return 0, openError(path, err)
-	}
-	defer bdb.Close()
 	schema := 0
-	err = bdb.View(func(tx *bolt.Tx) error {
-		m := tx.Bucket(bktMeta)
-		if m == nil || len(m.Get(keySchema)) != 4 {
-			return fmt.Errorf("%w: %s has no schema version", ErrNotBacky, path)
+	err := Guard(path, func() error {
+		bdb, err := openBolt(path, true, false, &bolt.Options{Timeout: 2 * time.Minute})
+		if err != nil {
+			return err
 		}
-		schema = int(binary.BigEndian.Uint32(m.Get(keySchema)))
-		return nil
+		defer bdb.Close()
+		return bdb.View(func(tx *bolt.Tx) error {
+			m := tx.Bucket(bktMeta)
+			if m == nil || len(m.Get(keySchema)) != 4 {
+				return notBacky(path)
+			}
+			schema = int(binary.BigEndian.Uint32(m.Get(keySchema)))
+			return nil
+		})
 	})
 	return schema, err
 }
 
-func openError(path string, err error) error {
-	switch {
-	case errors.Is(err, berrors.ErrTimeout):
-		return fmt.Errorf("%w: %s is held by another process", ErrBusy, path)
-	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
-		return fmt.Errorf("%w: %s: %w", ErrNotBacky, path, err)
-	}
-	return fmt.Errorf("opening metastore %s: %w", path, err)
-}
-
-// Create makes a new, empty metastore at path for the store storeID with
-// the given block size. It fails with ErrExists if one is already there.
-func Create(path string, blockSize int64, storeID [16]byte, opts Options) (*DB, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("creating store directory: %w", err)
-	}
-	lk, err := lockStore(path, false)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(path); err == nil {
-		lk.Unlock()
-		return nil, fmt.Errorf("%w: %s", ErrExists, path)
-	}
-	db := &DB{path: path, opts: opts, storeLock: lk, blockSize: blockSize, storeID: storeID}
-	// Build the database under a temporary name and rename it into place,
-	// so a crash never leaves a half-initialised store.
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := fmt.Sprintf("%s.creating-%x", path, rnd)
-	bdb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		lk.Unlock()
-		return nil, openError(tmp, err)
-	}
-	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucket(b); err != nil {
-				return err
-			}
-		}
-		m := tx.Bucket(bktMeta)
-		put := func(k, v []byte) {
-			if err == nil {
-				err = m.Put(k, v)
-			}
-		}
-		put(keySchema, binary.BigEndian.AppendUint32(nil, CurrentSchema))
-		put(keyStoreID, db.storeID[:])
-		put(keyBlockSize, binary.BigEndian.AppendUint64(nil, uint64(blockSize)))
-		put(keyCreated, []byte(db.now().UTC().Format(time.RFC3339)))
-		return err
-	})
-	if cerr := bdb.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = syncedRename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		lk.Unlock()
-		return nil, fmt.Errorf("creating metastore %s: %w", path, err)
-	}
-	return db, nil
-}
-
-// syncedRename renames and makes the rename durable.
-func syncedRename(from, to string) error {
-	if err := os.Link(from, to); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("%w: %s", ErrExists, to)
-		}
-		return err
-	}
-	if err := os.Remove(from); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(to))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+func notBacky(path string) error {
+	return fmt.Errorf("%w: %s has no schema version (if it is this store's metastore, damaged, recreate it from the data backend with 'backy rebuild-metastore')", ErrNotBacky, path)
 }
 
 // Open opens the metastore at path. It fails with ErrNoStore when there is
@@ -197,7 +118,7 @@ func Open(path string, opts Options) (*DB, error) {
 	err = db.view(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bktMeta)
 		if m == nil || len(m.Get(keySchema)) != 4 {
-			return fmt.Errorf("%w: %s has no schema version", ErrNotBacky, path)
+			return notBacky(path)
 		}
 		schema := int(binary.BigEndian.Uint32(m.Get(keySchema)))
 		switch {
@@ -209,13 +130,13 @@ func Open(path string, opts Options) (*DB, error) {
 		bs := m.Get(keyBlockSize)
 		id := m.Get(keyStoreID)
 		if len(bs) != 8 || len(id) != 16 {
-			return fmt.Errorf("%w: %s lacks its store identity", ErrCorrupt, path)
+			return damaged(path, "it lacks its store identity")
 		}
 		db.blockSize = int64(binary.BigEndian.Uint64(bs))
 		copy(db.storeID[:], id)
 		for _, b := range allBuckets {
 			if tx.Bucket(b) == nil {
-				return fmt.Errorf("%w: bucket %q missing", ErrCorrupt, b)
+				return damaged(path, fmt.Sprintf("bucket %q is missing", b))
 			}
 		}
 		return nil
@@ -224,6 +145,7 @@ func Open(path string, opts Options) (*DB, error) {
 		lk.Unlock()
 		return nil, err
 	}
+	removeInPlaceCreations(path)
 	return db, nil
 }
 
@@ -263,31 +185,53 @@ func (db *DB) timeout() time.Duration {
 func (db *DB) view(fn func(*bolt.Tx) error) error {
 	db.mu.RLock()
 	defer db.mu.RUnlock()
-	bdb, err := bolt.Open(db.path, 0o600, &bolt.Options{ReadOnly: true, Timeout: db.timeout()})
-	if err != nil {
-		return openError(db.path, err)
-	}
-	err = bdb.View(fn)
-	if cerr := bdb.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("closing metastore: %w", cerr)
-	}
-	return err
+	return db.guard(func() error {
+		bdb, err := openBolt(db.path, true, false, &bolt.Options{Timeout: db.timeout()})
+		if err != nil {
+			return err
+		}
+		// Closed also when fn panics, or the file lock would stay.
+		defer func() {
+			if bdb != nil {
+				_ = bdb.Close()
+			}
+		}()
+		err = bdb.View(fn)
+		cerr := bdb.Close()
+		bdb = nil
+		if err == nil && cerr != nil {
+			err = fmt.Errorf("closing metastore: %w", cerr)
+		}
+		return err
+	})
 }
 
 // update runs fn in a write transaction on a freshly opened database; the
-// changes are durable (fsynced) when it returns nil.
+// changes are durable (fsynced) when it returns nil. A panic in bbolt
+// (a damaged file) rolls the transaction back and fails with ErrDamaged.
 func (db *DB) update(fn func(*bolt.Tx) error) error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	bdb, err := bolt.Open(db.path, 0o600, &bolt.Options{Timeout: db.timeout(), FreelistType: bolt.FreelistMapType})
-	if err != nil {
-		return openError(db.path, err)
-	}
-	err = bdb.Update(fn)
-	if cerr := bdb.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("closing metastore: %w", cerr)
-	}
-	return err
+	return db.guard(func() error {
+		bdb, err := openBolt(db.path, false, false, &bolt.Options{Timeout: db.timeout(), FreelistType: bolt.FreelistMapType})
+		if err != nil {
+			return err
+		}
+		// Closed also when fn or the commit panics: Update has rolled
+		// the transaction back by then, and the file lock must go.
+		defer func() {
+			if bdb != nil {
+				_ = bdb.Close()
+			}
+		}()
+		err = bdb.Update(fn)
+		cerr := bdb.Close()
+		bdb = nil
+		if err == nil && cerr != nil {
+			err = fmt.Errorf("closing metastore: %w", cerr)
+		}
+		return err
+	})
 }
 
 func getU64(b *bolt.Bucket, k []byte) uint64 {

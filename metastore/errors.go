@@ -28,7 +28,24 @@ var (
 	ErrBusy = errors.New("metastore busy")
 	// ErrCorrupt: the database holds an inconsistent or undecodable entry.
 	ErrCorrupt = errors.New("metastore corrupt")
+	// ErrDamaged: the database file cannot be read at all (truncated, bad
+	// meta pages, damaged pages): rebuild-metastore recreates it. Unlike
+	// ErrCorrupt it says nothing of one version or block.
+	ErrDamaged = errors.New("metastore damaged")
 )
+
+// corruptError names the metastore file of an ErrCorrupt found in one of
+// its transactions, and what to do.
+type corruptError struct {
+	path string
+	err  error
+}
+
+func (e *corruptError) Error() string {
+	return fmt.Sprintf("%v (metastore %s; if it is damaged, 'backy rebuild-metastore' recreates it from the data backend)", e.err, e.path)
+}
+
+func (e *corruptError) Unwrap() error { return e.err }
 
 // MissingBlocksError is returned by Commit when blocks the writer
 // deduplicated against have been removed since it looked them up (by a

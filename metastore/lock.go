@@ -121,6 +121,12 @@ func LockCreate(dbPath string) (*Lock, error) {
 	return lockFile(filepath.Join(LockDir(dbPath), "create.lock"), true, true, "creating store "+dbPath)
 }
 
+// TryLockCreate is LockCreate failing at once (ErrLocked) when a creation
+// runs.
+func TryLockCreate(dbPath string) (*Lock, error) {
+	return lockFile(filepath.Join(LockDir(dbPath), "create.lock"), true, false, "creating store "+dbPath)
+}
+
 // LockStoreExclusive takes the store lock exclusively, waiting for every
 // other command to finish. Only schema migrations use it.
 func LockStoreExclusive(dbPath string) (*Lock, error) { return lockStore(dbPath, true) }

@@ -166,7 +166,7 @@ func upgrade(ctx context.Context, path string, steps []Step, o *Options) (_ stri
 		return "", err
 	}
 	o.hook("copied")
-	if err := applySteps(ctx, work, steps, o); err != nil {
+	if err := applySteps(ctx, path, work, steps, o); err != nil {
 		return "", err
 	}
 
@@ -198,7 +198,14 @@ func upgrade(ctx context.Context, path string, steps []Step, o *Options) (_ stri
 	return backup, nil
 }
 
-func applySteps(ctx context.Context, work string, steps []Step, o *Options) error {
+// applySteps migrates the working copy work of the metastore at path. A
+// damaged database makes bbolt panic: metastore.Guard turns that into an
+// error naming path (a panic in a step rolls its transaction back).
+func applySteps(ctx context.Context, path, work string, steps []Step, o *Options) error {
+	return metastore.Guard(path, func() error { return applyStepsTo(ctx, work, steps, o) })
+}
+
+func applyStepsTo(ctx context.Context, work string, steps []Step, o *Options) error {
 	bdb, err := bolt.Open(work, 0o600, &bolt.Options{Timeout: time.Minute, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return fmt.Errorf("opening the working copy %s: %w", work, err)

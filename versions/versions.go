@@ -85,6 +85,65 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 	return db.RemoveVersion(uid)
 }
 
+// FinishRemovals finishes the removals that processes which died left
+// behind: versions marked "removing" (metastore.DB.RemoveVersion marks a
+// version so in its first transaction) that no process holds locked. A
+// remover holds the version's exclusive lock from before it marks the
+// version until the version is gone, and the lock is an flock, which dies
+// with its process: a removing version nobody holds is one whose remover
+// died. keep selects the versions to look at (nil: all). before, when set,
+// runs under the lock first, as RemoveOptions.BeforeRemove does (the CLI
+// deletes the version's metadata from the data backend there, which the
+// dead remover may have left half deleted); an error keeps the version for
+// a later run. Protection and age are not looked at: the removal was
+// decided, and half of the version's map may be gone already.
+//
+// It returns the versions it removed (as they were before) and the uids of
+// removing versions that another process holds (a removal still running).
+func FinishRemovals(db *metastore.DB, keep func(*metastore.Version) bool, before func(*metastore.Version) error) (done []*metastore.Version, busy []string, err error) {
+	vs, err := db.Versions(func(v *metastore.Version) bool { return v.Removing && (keep == nil || keep(v)) })
+	if err != nil {
+		return nil, nil, err
+	}
+	var errs []error
+	for _, v := range vs {
+		removed, err := finishRemoval(db, v.UID, before)
+		switch {
+		case errors.Is(err, metastore.ErrLocked):
+			busy = append(busy, v.UID)
+		case err != nil:
+			errs = append(errs, fmt.Errorf("finishing the interrupted removal of %s: %w", v.UID, err))
+		case removed != nil:
+			done = append(done, removed)
+		}
+	}
+	return done, busy, errors.Join(errs...)
+}
+
+func finishRemoval(db *metastore.DB, uid string, before func(*metastore.Version) error) (*metastore.Version, error) {
+	lk, err := db.LockVersion(uid, metastore.Exclusive)
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Unlock()
+	v, err := db.Version(uid) // as it is now that we hold the lock
+	if errors.Is(err, metastore.ErrVersionNotFound) {
+		return nil, nil // its remover finished it meanwhile
+	}
+	if err != nil || !v.Removing {
+		return nil, err
+	}
+	if before != nil {
+		if err := before(v); err != nil {
+			return nil, err
+		}
+	}
+	if err := db.RemoveVersion(uid); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
 // SetProtected protects or unprotects a version.
 func SetProtected(db *metastore.DB, uid string, protected bool) (*metastore.Version, error) {
 	return db.UpdateVersion(uid, func(v *metastore.Version) error {

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions"
@@ -169,5 +170,88 @@ func TestList(t *testing.T) {
 				break
 			}
 		}
+	}
+}
+
+// TestFinishRemovals: a version left "removing" by a remover that died (no
+// one holds its lock) is removed, its blocks become unreferenced, and the
+// hook runs first; one whose lock is held (a removal still running) and
+// one whose hook fails are left; ordinary versions are not touched.
+func TestFinishRemovals(t *testing.T) {
+	db := newDB(t)
+	withBlocks := func(volume string, seed byte) string {
+		uid := addVersion(t, db, volume, now.Add(-time.Duration(seed)*time.Hour), metastore.StatusValid, false)
+		var ids []block.ID
+		var recs []block.Record
+		for i := range 3 {
+			id := block.Sum([]byte{seed, byte(i)})
+			var n block.Name
+			copy(n[:], id[:])
+			ids, recs = append(ids, id), append(recs, block.Record{ID: id, Name: n, Size: 100, StoredSize: 140})
+		}
+		if _, err := db.Commit(metastore.Commit{UID: uid, Pages: []metastore.PageWrite{metastore.NewPage(ids)}, New: recs}); err != nil {
+			t.Fatal(err)
+		}
+		return uid
+	}
+	// What metastore.RemoveVersion's first transaction leaves.
+	markRemoving := func(uid string) {
+		if _, err := db.UpdateVersion(uid, func(v *metastore.Version) error {
+			v.Status, v.Removing = metastore.StatusIncomplete, true
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dead, live, failing, other, normal := withBlocks("a", 1), withBlocks("a", 2), withBlocks("a", 3), withBlocks("b", 4), withBlocks("a", 5)
+	for _, uid := range []string{dead, live, failing, other} {
+		markRemoving(uid)
+	}
+	lk, err := db.LockVersion(live, metastore.Exclusive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Unlock()
+	var hooked []string
+	hookErr := errors.New("backend unreachable")
+	done, busy, err := versions.FinishRemovals(db, func(v *metastore.Version) bool { return v.Volume == "a" }, func(v *metastore.Version) error {
+		hooked = append(hooked, v.UID)
+		if v.UID == failing {
+			return hookErr
+		}
+		return nil
+	})
+	if !errors.Is(err, hookErr) {
+		t.Errorf("err = %v, want the hook's error", err)
+	}
+	if len(done) != 1 || done[0].UID != dead || !done[0].Removing {
+		t.Errorf("done = %+v, want %s as it was", done, dead)
+	}
+	if len(busy) != 1 || busy[0] != live {
+		t.Errorf("busy = %v, want [%s]", busy, live)
+	}
+	if len(hooked) != 2 {
+		t.Errorf("hook ran for %v, want %s and %s", hooked, dead, failing)
+	}
+	for uid, want := range map[string]bool{dead: false, live: true, failing: true, other: true, normal: true} {
+		if _, err := db.Version(uid); (err == nil) != want {
+			t.Errorf("version %s: %v, want present %v", uid, err, want)
+		}
+	}
+	st, err := db.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Unreferenced != 3 {
+		t.Errorf("%d unreferenced blocks, want the 3 of the removed version", st.Unreferenced)
+	}
+	lk.Unlock()
+	// All of them, once nothing holds them.
+	done, busy, err = versions.FinishRemovals(db, nil, nil)
+	if err != nil || len(done) != 3 || len(busy) != 0 {
+		t.Errorf("second run: done %d, busy %v, err %v; want the 3 left", len(done), busy, err)
+	}
+	if vs, _ := db.Versions(nil); len(vs) != 1 || vs[0].UID != normal {
+		t.Errorf("left: %+v, want only %s", vs, normal)
 	}
 }

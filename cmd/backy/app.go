@@ -83,7 +83,7 @@ const exitCodesHelp = `EXIT CODES:
    65   bad input data (malformed hints file, hints contradicted by the sanity check, source changed while read;
         deep-scrub --source: the version differs from the source, nothing marked)
    66   not found (source, version, volume, store, configuration file)
-   70   integrity failure (corrupt or missing stored block, incomplete or invalid version)
+   70   integrity failure (corrupt or missing stored block, incomplete or invalid version, damaged metastore)
    71   no space left on device
    73   cannot create (restore target exists or is too small, store already exists)
    74   I/O error

@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/cleanup"
 )
 
@@ -33,6 +36,27 @@ func cmdCleanup(e *env) *cli.Command {
 				} else {
 					e.log.Warn("waiting for running backups and migrations to finish before the orphan sweep")
 				}
+			}
+			// Removals a killed rm or enforce left behind are finished
+			// first: their blocks are freed by this run.
+			finished, busy, ferr := versions.FinishRemovals(s.db, nil, func(v *metastore.Version) error { return s.deleteMeta(c.Context, v.UID) })
+			if ferr != nil {
+				return fmt.Errorf("nothing was deleted: %w", ferr)
+			}
+			var finishedUIDs []string
+			for _, v := range finished {
+				e.log.Info("cleanup: finished an interrupted removal", "version", v.UID, "volume", v.Volume)
+				finishedUIDs = append(finishedUIDs, v.UID)
+			}
+			if len(busy) > 0 {
+				e.log.Info("cleanup: versions being removed by another process", "versions", busy)
+			}
+			// Temporary metastores of killed store creations (none runs
+			// while the creation lock can be taken).
+			var staleFiles []string
+			if lk, err := metastore.TryLockCreate(e.cfg.Meta.Path); err == nil {
+				staleFiles = e.removeCreations(nil)
+				lk.Unlock()
 			}
 			// Every version's metadata is in the backend before anything
 			// is deleted (a replaced object may still be named by a stale
@@ -87,18 +111,30 @@ func cmdCleanup(e *env) *cli.Command {
 			e.log.Info("cleanup finished", "blocks_deleted", res.BlocksDeleted, "bytes_freed", res.BytesFreed, "plain_bytes_freed", res.PlainBytesFreed,
 				"trash_objects_deleted", res.TrashDeleted, "blocks_kept", res.Kept, "seconds", res.DurationSeconds)
 			if e.json {
-				if jerr := ui.JSON(e.stdout, res); jerr != nil {
+				out := struct {
+					*cleanup.Result
+					RemovalsFinished []string `json:"removals_finished,omitempty"`
+					StaleFiles       []string `json:"stale_files_removed,omitempty"`
+				}{res, finishedUIDs, staleFiles}
+				if jerr := ui.JSON(e.stdout, out); jerr != nil {
 					return jerr
 				}
 				return err
 			}
-			rows := [][]string{
+			var rows [][]string
+			if len(finishedUIDs) > 0 {
+				rows = append(rows, []string{"interrupted removals finished", strings.Join(finishedUIDs, " ")})
+			}
+			if len(staleFiles) > 0 {
+				rows = append(rows, []string{"stale files of interrupted commands removed", strings.Join(staleFiles, " ")})
+			}
+			rows = append(rows, [][]string{
 				{"unreferenced blocks deleted", fmt.Sprint(res.BlocksDeleted)},
 				{"space freed (stored bytes)", fmt.Sprintf("%s (%d)", ui.Bytes(res.BytesFreed), res.BytesFreed)},
 				{"plain bytes of those blocks", ui.Bytes(res.PlainBytesFreed)},
 				{"other trash objects deleted", fmt.Sprint(res.TrashDeleted)},
 				{"kept for versions only the backend knows", fmt.Sprint(res.Kept)},
-			}
+			}...)
 			if o := res.Orphans; o != nil {
 				rows = append(rows,
 					[]string{"objects listed", fmt.Sprint(o.Listed)},

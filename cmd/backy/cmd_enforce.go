@@ -72,6 +72,33 @@ func cmdEnforce(e *env) *cli.Command {
 }
 
 func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.Location, volumes []string) error {
+	dry := c.Bool("dry-run")
+	type row struct {
+		v      *metastore.Version
+		action string
+		reason string
+	}
+	var rows []row
+	gone := []*metastore.Version{}
+	var failed multiError
+	// First the removals an enforce or rm killed midway left behind (a
+	// removal is never left to wait for a later run's decision).
+	if !dry {
+		done, busy, err := versions.FinishRemovals(s.db,
+			func(v *metastore.Version) bool { return len(volumes) == 0 || slices.Contains(volumes, v.Volume) },
+			func(v *metastore.Version) error { return s.deleteMeta(c.Context, v.UID) })
+		for _, v := range done {
+			e.log.Info("enforce: finished an interrupted removal", "version", v.UID, "volume", v.Volume)
+			gone = append(gone, v)
+			rows = append(rows, row{v, "removed", "finished an interrupted removal"})
+		}
+		if len(busy) > 0 {
+			e.log.Info("enforce: versions being removed by another process", "versions", busy)
+		}
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
 	all, err := versions.List(s.db, "")
 	if err != nil {
 		return err
@@ -99,15 +126,6 @@ func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.
 		o.MinAge = minAge
 	}
 	ds := retention.Evaluate(vs, rules, o)
-	dry := c.Bool("dry-run")
-	type row struct {
-		v      *metastore.Version
-		action string
-		reason string
-	}
-	var rows []row
-	gone := []*metastore.Version{}
-	var failed multiError
 	for _, d := range ds {
 		v := d.Version
 		if d.TooYoung {

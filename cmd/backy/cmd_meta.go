@@ -51,7 +51,7 @@ func cmdExport(e *env) *cli.Command {
 				}
 				return err
 			}
-			res, err := exportFile(c.Context, s.db, uids, out, c.Bool("force"))
+			res, err := exportFile(c.Context, e, s.db, uids, out, c.Bool("force"))
 			if err != nil {
 				return err
 			}
@@ -67,18 +67,33 @@ func cmdExport(e *env) *cli.Command {
 // errOutputExists: export -o names a file that exists, without --force.
 var errOutputExists = errors.New("the output file exists")
 
-// exportFile writes the export under a temporary name beside path,
-// fsyncs it and renames it into place: a crash leaves no partial file.
-// Without force an existing file is never replaced, not even one that
-// appears while the export runs.
-func exportFile(ctx context.Context, db *metastore.DB, uids []string, path string, force bool) (*transfer.ExportResult, error) {
+// exportTempKind names an export's temporary files:
+// ".<file>.backy-export-<hex>".
+const exportTempKind = "backy-export"
+
+// exportFile writes the export under a temporary name beside path (locked
+// while it is written, so that the next export to path removes it if this
+// one is killed), fsyncs it and renames it into place: a crash leaves no
+// partial file. Without force an existing file is never replaced, not even
+// one that appears while the export runs.
+func exportFile(ctx context.Context, e *env, db *metastore.DB, uids []string, path string, force bool) (*transfer.ExportResult, error) {
 	exists := func() error {
 		return fmt.Errorf("%w: %s (use --force to replace it, or -o another file)", errOutputExists, path)
 	}
 	if _, err := os.Lstat(path); err == nil && !force {
 		return nil, exists()
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err := source.CheckDir(path, "export file"); err != nil {
+		return nil, err
+	}
+	stale, err := source.RemoveStaleTemps(path, exportTempKind)
+	for _, st := range stale {
+		e.log.Warn("removed a temporary file that an interrupted export to the same file left", "file", st.Path, "bytes", st.Size)
+	}
+	if err != nil {
+		e.log.Warn("could not remove the temporary files of interrupted exports to the same file", "err", err)
+	}
+	f, err := source.CreateTemp(path, exportTempKind, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("creating the export file: %w", err)
 	}
@@ -87,9 +102,8 @@ func exportFile(ctx context.Context, db *metastore.DB, uids []string, path strin
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	// Put in place while still open: the lock that marks it a live
+	// export's is held until it has its final name.
 	switch {
 	case err != nil:
 	case force:
@@ -102,11 +116,15 @@ func exportFile(ctx context.Context, db *metastore.DB, uids []string, path strin
 			_ = os.Remove(tmp)
 		}
 	}
-	if err == nil {
-		err = syncDirOf(path)
-	}
 	if err != nil {
 		_ = os.Remove(tmp)
+		_ = f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	if err := syncDirOf(path); err != nil {
 		return nil, err
 	}
 	return res, nil

@@ -11,6 +11,7 @@ import (
 	"github.com/backy/backy/cmd/backy/internal/ui"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/restore"
+	"github.com/backy/backy/versions/source"
 )
 
 func cmdRestore(e *env) *cli.Command {
@@ -58,15 +59,36 @@ func cmdRestore(e *env) *cli.Command {
 	}
 }
 
+// restoreFailure marks the error of a restore, so that the advice added to
+// it (exit.go, hint) is about running the restore again, not a backup.
+type restoreFailure struct {
+	err error
+	// existing: the target existed before (--force): a failed restore
+	// leaves it partly overwritten; a new file is removed.
+	existing bool
+	target   string
+}
+
+func (r *restoreFailure) Error() string { return r.err.Error() }
+func (r *restoreFailure) Unwrap() error { return r.err }
+
 // runRestore restores version uid of db to target and prints the result.
 func runRestore(c *cli.Context, e *env, bst *blockstore.Store, db *metastore.DB, uid, target string) error {
 	force := c.Bool("force")
+	existed := false
+	if p, err := source.PathFromSpec(target); err == nil {
+		_, serr := os.Stat(p)
+		existed = serr == nil
+	}
 	prog := ui.NewProgress(os.Stderr, "restore")
 	res, err := restore.ToFile(c.Context, bst, db, uid, target, restore.Options{
 		Sparse: c.Bool("sparse"), Force: force, Workers: e.cfg.Defaults.Workers, Logger: e.log,
 		Progress: func(p restore.Progress) { prog.Update(p.Done, p.Total) },
 	})
 	prog.Done()
+	if err != nil {
+		err = &restoreFailure{err: err, existing: existed && force, target: target}
+	}
 	if res != nil {
 		e.metrics.bytesProcessed = res.BytesWritten + res.BytesSparse
 	}

@@ -94,7 +94,7 @@ func exitCode(err error) int {
 		errors.Is(err, transfer.ErrKeyMismatch):
 		return exitDataErr
 	case errors.Is(err, blockstore.ErrCorrupt), errors.Is(err, blockstore.ErrMissing), errors.Is(err, restore.ErrNotRestorable),
-		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky),
+		errors.Is(err, restore.ErrBadBlocks), errors.Is(err, metastore.ErrCorrupt), errors.Is(err, metastore.ErrNotBacky), errors.Is(err, metastore.ErrDamaged),
 		errors.Is(err, reencrypt.ErrFailures), errors.Is(err, reencrypt.ErrIncomplete), errors.Is(err, keyring.ErrBadRegistration),
 		errors.Is(err, replicate.ErrNotCopyable), errors.Is(err, transfer.ErrMissingObjects), errors.Is(err, metastore.ErrTrashed),
 		errors.Is(err, transfer.ErrNotExportable):
@@ -109,7 +109,8 @@ func exitCode(err error) int {
 		return exitCantCreate
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, metastore.ErrVersionNotFound), errors.Is(err, metastore.ErrNoStore),
 		errors.Is(err, config.ErrNotFound), errors.Is(err, errNoSuchVolume), errors.Is(err, scrub.ErrNoVersions),
-		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot), errors.Is(err, transfer.ErrLoss), errors.Is(err, errHintsNotFound):
+		errors.Is(err, replicate.ErrNoVersions), errors.Is(err, catalog.ErrNoSnapshot), errors.Is(err, transfer.ErrLoss), errors.Is(err, errHintsNotFound),
+		errors.Is(err, source.ErrNoTargetDir):
 		return exitNotFound
 	case errors.Is(err, backup.ErrBadBase), errors.Is(err, backup.ErrBadResume), errors.Is(err, backup.ErrInput),
 		errors.Is(err, versions.ErrProtected), errors.Is(err, versions.ErrTooYoung), errors.Is(err, source.ErrUnsupported),
@@ -127,6 +128,17 @@ func exitCode(err error) int {
 
 // hint returns advice to add to a message that lacks it.
 func hint(err error, code int) string {
+	var rf *restoreFailure
+	if errors.As(err, &rf) && (code == exitNoSpace || code == exitInterrupted) {
+		what := "the restore did not finish and left nothing at " + rf.target
+		if rf.existing {
+			what = "the restore did not finish: " + rf.target + " holds part of the version"
+		}
+		if code == exitNoSpace {
+			return what + "; free space on that device and run the restore again"
+		}
+		return what + "; run the restore again"
+	}
 	switch code {
 	case exitNoSpace:
 		return "free space on that device (an interrupted backup can be finished with 'backy backup --resume VERSION')"

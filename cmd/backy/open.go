@@ -136,7 +136,8 @@ func (e *env) close() {
 func (e *env) openStore(ctx context.Context) (*store, error) {
 	s, err := e.openStoreInner(ctx)
 	if err != nil && !errors.Is(err, metastore.ErrNoStore) && !errors.Is(err, errStoreMismatch) && !errors.Is(err, blockstore.ErrStoreExists) && !errors.Is(err, config.ErrInvalid) &&
-		!errors.Is(err, metastore.ErrNewerSchema) && !errors.Is(err, metastore.ErrLocked) && !errors.Is(err, metastore.ErrBusy) {
+		!errors.Is(err, metastore.ErrNewerSchema) && !errors.Is(err, metastore.ErrLocked) && !errors.Is(err, metastore.ErrBusy) &&
+		!errors.Is(err, metastore.ErrDamaged) && !errors.Is(err, metastore.ErrNotBacky) && !errors.Is(err, metastore.ErrCorrupt) {
 		where := "the paths in " + configName(e.cfg)
 		if e.isDefault {
 			where = "BACKY_HOME (or use -c FILE)"
@@ -329,25 +330,46 @@ func (e *env) createStore(ctx context.Context, blockSize int64) (*store, error) 
 }
 
 // createStoreLocked creates a store; the caller holds the creation lock.
+//
+// The order makes an interrupted creation recognisable: first the new
+// metastore, complete, under a temporary name (it records the new store's
+// id), then the backend's identity (store.json), then the metastore's
+// link into place. A store.json without a metastore whose id a temporary
+// metastore records, in a backend holding nothing else, is what a killed
+// creation left (recoverCreation rolls it back); any other store.json is
+// a store's and is never deleted.
 func (e *env) createStoreLocked(ctx context.Context, blockSize int64) (*store, error) {
 	cfg := e.cfg
 	if _, err := os.Stat(cfg.Meta.Path); err == nil {
+		e.removeCreations(nil)
 		return nil, fmt.Errorf("%w: %s", metastore.ErrExists, cfg.Meta.Path)
 	}
 	be, err := newBackend(ctx, cfg, e.log, true)
 	if err != nil {
 		return nil, err
 	}
-	var sid [16]byte
-	if _, err := randRead(sid[:]); err != nil {
-		return nil, err
-	}
-	// The backend's identity first: a metastore never exists without it.
-	if err := blockstore.WriteIdentity(ctx, be, blockstore.NewIdentity(sid, blockSize, time.Now())); err != nil {
+	if err := e.recoverCreation(ctx, be); err != nil {
 		_ = be.Close()
 		return nil, err
 	}
-	db, err := metastore.Create(cfg.Meta.Path, blockSize, sid, metastore.Options{})
+	var sid [16]byte
+	if _, err := randRead(sid[:]); err != nil {
+		_ = be.Close()
+		return nil, err
+	}
+	pend, err := metastore.Prepare(cfg.Meta.Path, blockSize, sid, metastore.Options{})
+	if err != nil {
+		_ = be.Close()
+		return nil, err
+	}
+	// The backend's identity before the metastore is in place: a
+	// metastore never exists without it.
+	if err := blockstore.WriteIdentity(ctx, be, blockstore.NewIdentity(sid, blockSize, time.Now())); err != nil {
+		pend.Abort()
+		_ = be.Close()
+		return nil, err
+	}
+	db, err := pend.Commit()
 	if err != nil {
 		_ = be.Close()
 		return nil, err
@@ -355,6 +377,98 @@ func (e *env) createStoreLocked(ctx context.Context, blockSize int64) (*store, e
 	s := &store{e: e, db: db, be: be}
 	e.log.Info("store created", "metastore", cfg.Meta.Path, "data", be.Properties().Location, "block_size", blockSize)
 	return s, nil
+}
+
+// recoverCreation undoes what a creation of this store that was killed
+// left: temporary metastores, and the store.json it wrote if the backend
+// holds nothing else. The caller holds the creation lock (so no creation
+// runs) and has found no metastore.
+func (e *env) recoverCreation(ctx context.Context, be backend.Backend) error {
+	cs, err := metastore.Creations(e.cfg.Meta.Path)
+	if err != nil || len(cs) == 0 {
+		return err
+	}
+	id, err := blockstore.ReadIdentity(ctx, be)
+	switch {
+	case errors.Is(err, blockstore.ErrNoIdentity):
+		// Killed before it wrote store.json.
+		e.removeCreations(cs)
+		return nil
+	case err != nil:
+		return err
+	}
+	var match []metastore.Creation
+	for _, c := range cs {
+		if c.Err == nil && c.Versions == 0 && hex.EncodeToString(c.StoreID[:]) == id.StoreID {
+			match = append(match, c)
+		}
+	}
+	if len(match) == 0 {
+		// store.json is another store's (WriteIdentity refuses it).
+		e.removeCreations(cs)
+		return nil
+	}
+	// Nothing but store.json: no metastore ever used the store.
+	errUsed := errors.New("used")
+	err = be.List(ctx, "", func(i backend.Info) error {
+		if i.Name != blockstore.IdentityName {
+			return errUsed
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errUsed):
+		// Not debris: the temporary metastore may be a second name of
+		// the store's lost metastore. Left as it is; WriteIdentity says
+		// the backend holds a store (rebuild-metastore recovers it).
+		return nil
+	case err != nil:
+		return err
+	}
+	if err := be.Delete(ctx, blockstore.IdentityName); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("rolling back an interrupted creation of store %s: %w", id.StoreID, err)
+	}
+	if err := backend.Sync(ctx, be); err != nil {
+		return fmt.Errorf("rolling back an interrupted creation of store %s: %w", id.StoreID, err)
+	}
+	fmt.Fprintf(e.stderr, "backy: rolled back an interrupted creation of store %s (its %s in %s, never used, is deleted); creating the store again\n",
+		id.StoreID, blockstore.IdentityName, be.Properties().Location)
+	e.log.Info("rolled back an interrupted store creation", "store", id.StoreID, "data", be.Properties().Location)
+	e.removeCreations(cs)
+	return nil
+}
+
+// removeCreations removes what killed creations of the metastore left
+// under temporary names (all of them when cs is nil), except files that
+// hold versions (a second name of a metastore that was used: kept, with a
+// warning). The caller holds the creation lock. It returns the files
+// removed.
+func (e *env) removeCreations(cs []metastore.Creation) []string {
+	if cs == nil {
+		var err error
+		if cs, err = metastore.Creations(e.cfg.Meta.Path); err != nil || len(cs) == 0 {
+			return nil
+		}
+	}
+	var debris []metastore.Creation
+	var removed []string
+	for _, c := range cs {
+		if !c.Debris() {
+			e.log.Warn("a temporary metastore of an interrupted creation holds versions: kept (it may be the only copy of a metastore that was lost)",
+				"file", c.Path, "versions", c.Versions)
+			continue
+		}
+		debris = append(debris, c)
+		removed = append(removed, c.Path)
+	}
+	if err := metastore.RemoveCreations(debris); err != nil {
+		e.log.Warn("could not remove what an interrupted store creation left", "err", err)
+		return nil
+	}
+	for _, p := range removed {
+		e.log.Info("removed what an interrupted store creation left", "file", p)
+	}
+	return removed
 }
 
 // multiHandler sends records to several handlers.

@@ -295,7 +295,10 @@ func (e *engine) openVersion() (*metastore.Lock, int64, error) {
 		v, err := e.db.Version(e.o.Resume)
 		switch {
 		case err != nil:
-		case v.Status != metastore.StatusIncomplete || v.Removing:
+		case v.Removing:
+			err = fmt.Errorf("%w %s: it is being removed (a removal that was cut short), not an interrupted backup: 'backy rm %s', 'backy enforce' or 'backy cleanup' finishes the removal; back up again for a new version",
+				ErrBadResume, v.UID, v.UID)
+		case v.Status != metastore.StatusIncomplete:
 			err = fmt.Errorf("%w %s: it is %s, only an incomplete version can be resumed", ErrBadResume, v.UID, v.Status)
 		case v.Labels[LabelSourceChanged] != "":
 			err = fmt.Errorf("%w %s: its source changed while it was read (label %s=%s), so what it holds is no consistent image; remove it with 'backy rm %s' and back up a snapshot of the source",

@@ -43,6 +43,14 @@ func ToFile(ctx context.Context, st BlockStore, db *metastore.DB, uid, target st
 	if err != nil {
 		return nil, err
 	}
+	if o.Logger != nil {
+		for _, st := range tgt.Stale {
+			o.Logger.Warn("removed a temporary file that an interrupted restore to the same target left", "file", st.Path, "bytes", st.Size)
+		}
+		if tgt.StaleErr != nil {
+			o.Logger.Warn("could not remove the temporary files of interrupted restores to the same target", "err", tgt.StaleErr)
+		}
+	}
 	res, err := run(ctx, st, db, v, tgt, o) // keys checked above
 	if err != nil && !(o.Force && errors.Is(err, ErrBadBlocks)) {
 		tgt.Abort()

@@ -1,8 +1,6 @@
 package source
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,21 +21,40 @@ type Target struct {
 	// device (with --force), false for a new file.
 	Existing   bool
 	punchFails bool
+	// Stale lists the temporary files that killed restores to the same
+	// target left, which CreateTarget removed.
+	Stale []StaleTemp
+	// StaleErr is why one of them could not be removed.
+	StaleErr error
 }
+
+// TempKind names a restore's temporary files: ".<target>.backy-restore-<hex>".
+const TempKind = "backy-restore"
 
 // CreateTarget prepares a restore of size bytes to spec (a path or file://
 // URL). A new file is created under a temporary name beside it, already
-// size bytes long and entirely a hole. An existing file or block device is
-// used only with force, and must be at least size bytes; a block device is
-// opened exclusively and refused (ErrTargetBusy) when it is in use. Any
-// other existing file (a directory, a FIFO, a character device) is refused
-// with ErrBadTarget.
+// size bytes long and entirely a hole, locked while the restore writes it
+// (see CreateTemp); the temporary files that killed restores to the same
+// target left are removed first (Target.Stale). An existing file or block
+// device is used only with force, and must be at least size bytes; a block
+// device is opened exclusively and refused (ErrTargetBusy) when it is in
+// use. Any other existing file (a directory, a FIFO, a character device) is
+// refused with ErrBadTarget. A target whose directory does not exist fails
+// with ErrNoTargetDir.
 func CreateTarget(spec string, size int64, force bool) (*Target, error) {
 	path, err := PathFromSpec(spec)
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckDir(path, "restore target"); err != nil {
+		return nil, err
+	}
 	st, err := os.Stat(path)
+	var stale []StaleTemp
+	var staleErr error
+	if err != nil || st.Mode().IsRegular() {
+		stale, staleErr = RemoveStaleTemps(path, TempKind)
+	}
 	switch {
 	case err == nil:
 		if !usable(st.Mode()) {
@@ -61,23 +78,21 @@ func CreateTarget(spec string, size int64, force bool) (*Target, error) {
 			f.Close()
 			return nil, fmt.Errorf("%w: %s has %d bytes, the version needs %d", ErrTargetTooSmall, path, have, size)
 		}
-		return &Target{f: f, path: path, isDev: isDev, Existing: true}, nil
+		return &Target{f: f, path: path, isDev: isDev, Existing: true, Stale: stale, StaleErr: staleErr}, nil
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("target %s: %w", path, err)
 	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".backy-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := CreateTemp(path, TempKind, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("creating target %s: %w", path, err)
 	}
+	tmp := f.Name()
 	if err := f.Truncate(size); err != nil {
-		f.Close()
 		os.Remove(tmp)
+		f.Close()
 		return nil, fmt.Errorf("sizing target %s: %w", path, err)
 	}
-	return &Target{f: f, path: path, tmp: tmp}, nil
+	return &Target{f: f, path: path, tmp: tmp, Stale: stale, StaleErr: staleErr}, nil
 }
 
 // Path is the final path of the target.
@@ -133,22 +148,26 @@ func (t *Target) Commit() error {
 		t.Abort()
 		return fmt.Errorf("syncing target %s: %w", t.path, err)
 	}
+	if t.tmp != "" {
+		// Renamed while open: the lock that marks it a live restore's
+		// is held until it has its final name.
+		if err := unix.Renameat2(unix.AT_FDCWD, t.tmp, unix.AT_FDCWD, t.path, unix.RENAME_NOREPLACE); err != nil {
+			t.Abort()
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: %s appeared during the restore", ErrTargetExists, t.path)
+			}
+			return fmt.Errorf("moving restored file to %s: %w", t.path, err)
+		}
+		t.tmp = ""
+	}
 	if err := t.f.Close(); err != nil {
-		t.Abort()
+		t.f = nil
 		return fmt.Errorf("closing target %s: %w", t.path, err)
 	}
 	t.f = nil
-	if t.tmp == "" {
+	if t.Existing {
 		return nil
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, t.tmp, unix.AT_FDCWD, t.path, unix.RENAME_NOREPLACE); err != nil {
-		os.Remove(t.tmp)
-		if errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("%w: %s appeared during the restore", ErrTargetExists, t.path)
-		}
-		return fmt.Errorf("moving restored file to %s: %w", t.path, err)
-	}
-	t.tmp = ""
 	if d, err := os.Open(filepath.Dir(t.path)); err == nil {
 		err = d.Sync()
 		d.Close()
@@ -162,12 +181,12 @@ func (t *Target) Commit() error {
 // Abort gives up: a new file is removed; an existing target is left as it
 // is (partly overwritten) and closed.
 func (t *Target) Abort() {
+	if t.tmp != "" { // removed while still locked
+		os.Remove(t.tmp)
+		t.tmp = ""
+	}
 	if t.f != nil {
 		t.f.Close()
 		t.f = nil
-	}
-	if t.tmp != "" {
-		os.Remove(t.tmp)
-		t.tmp = ""
 	}
 }
