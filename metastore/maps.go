@@ -469,16 +469,28 @@ func (db *DB) LookupBlock(id block.ID) (block.Record, bool, error) {
 // removing a huge version never builds a huge transaction.
 const removeBatchPages = 32
 
+// BeginRemoval marks version uid incomplete and being removed, in one
+// transaction: from then on no snapshot of it is written, nothing uses it
+// as a base, and a removal cut short is finished by RemoveVersion (or
+// versions.FinishRemovals). RemoveVersion does it first itself; a remover
+// that deletes other copies of the version first (its metadata in the data
+// backend) calls it before, so that a kill in between never leaves a
+// complete version whose copy is gone.
+func (db *DB) BeginRemoval(uid string) error {
+	_, err := db.UpdateVersion(uid, func(v *Version) error {
+		v.Status = StatusIncomplete
+		v.Removing = true
+		return nil
+	})
+	return err
+}
+
 // RemoveVersion deletes a version and its map, releasing its pages (and
 // thereby its blocks) in bounded transactions. A removal cut short (crash)
 // leaves the version marked incomplete and "removing"; running it again
 // finishes the job. The caller holds the version's exclusive lock.
 func (db *DB) RemoveVersion(uid string) error {
-	if _, err := db.UpdateVersion(uid, func(v *Version) error {
-		v.Status = StatusIncomplete
-		v.Removing = true
-		return nil
-	}); err != nil {
+	if err := db.BeginRemoval(uid); err != nil {
 		return err
 	}
 	for {

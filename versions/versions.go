@@ -78,8 +78,14 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 		}
 	}
 	if o.BeforeRemove != nil {
-		if err := o.BeforeRemove(v); err != nil {
+		// Marked first: a kill or a failure after BeforeRemove began never
+		// leaves a complete version whose other copies are gone, and the
+		// next rm, enforce or cleanup finishes the removal.
+		if err := db.BeginRemoval(uid); err != nil {
 			return err
+		}
+		if err := o.BeforeRemove(v); err != nil {
+			return fmt.Errorf("%w (the removal of %s has begun: 'backy rm %s', 'backy enforce' or 'backy cleanup' finishes it)", err, uid, uid)
 		}
 	}
 	return db.RemoveVersion(uid)

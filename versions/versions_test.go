@@ -255,3 +255,34 @@ func TestFinishRemovals(t *testing.T) {
 		t.Errorf("left: %+v, want only %s", vs, normal)
 	}
 }
+
+// TestRemoveMarksBeforeOtherCopies: a version is marked removing (and
+// incomplete) before BeforeRemove deletes its other copies (its metadata
+// in the data backend), so a kill in between never leaves a complete
+// version whose copy is gone; a failing BeforeRemove leaves the removal
+// begun, for the next rm, enforce or cleanup to finish.
+func TestRemoveMarksBeforeOtherCopies(t *testing.T) {
+	db := newDB(t)
+	uid := addVersion(t, db, "vol", now.Add(-time.Hour), metastore.StatusValid, false)
+	boom := errors.New("backend down")
+	err := versions.Remove(db, uid, versions.RemoveOptions{BeforeRemove: func(*metastore.Version) error {
+		v, err := db.Version(uid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !v.Removing || v.Status != metastore.StatusIncomplete {
+			t.Errorf("during BeforeRemove: removing %v, status %s; want removing and incomplete", v.Removing, v.Status)
+		}
+		return boom
+	}})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Remove = %v, want %v", err, boom)
+	}
+	done, busy, err := versions.FinishRemovals(db, nil, nil)
+	if err != nil || len(done) != 1 || len(busy) != 0 {
+		t.Fatalf("FinishRemovals = %d done, %v busy, %v", len(done), busy, err)
+	}
+	if _, err := db.Version(uid); !errors.Is(err, metastore.ErrVersionNotFound) {
+		t.Errorf("after FinishRemovals: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -81,7 +82,9 @@ func cmdCleanup(e *env) *cli.Command {
 				// Seen in the listing for free: the metadata the metastore
 				// recorded is gone from the backend. Write it again.
 				for _, uid := range prot.Missing {
-					if err := s.db.MarkSnapshotStale(uid); err != nil {
+					// A version removed meanwhile (rm deletes its metadata
+					// first) needs none.
+					if err := s.db.MarkSnapshotStale(uid); err != nil && !errors.Is(err, metastore.ErrVersionNotFound) {
 						return fmt.Errorf("nothing was deleted: %w", err)
 					}
 				}
