@@ -160,7 +160,7 @@ func enforce(c *cli.Context, e *env, s *store, rules retention.Rules, loc *time.
 				if cur.Status == metastore.StatusIncomplete || cur.Removing || !sameTime(cur.Expire, planned) || !cur.Date.Equal(v.Date) {
 					return fmt.Errorf("%w: %s changed while enforce ran; kept", errChanged, v.UID)
 				}
-				return nil
+				return s.nbdWaiting(cur.UID)
 			},
 		})
 		switch {

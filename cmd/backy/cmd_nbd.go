@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -162,6 +163,27 @@ func isLoopback(a net.Addr) bool {
 // nbdOverlayDir is where copy-on-write sessions keep their overlays:
 // beside the metastore, "<metastore>.nbd" (see device.Orphans).
 func nbdOverlayDir(db *metastore.DB) string { return db.Path() + ".nbd" }
+
+// nbdWaiting fails (wrapping metastore.ErrLocked: in use, exit 75) when
+// writes that an nbd copy-on-write session flushed wait in the overlay
+// directory with version uid as their base: a session that crashed, or
+// whose changes could not be saved yet. Removing the base would lose them
+// (the overlay holds only the changed blocks); the next 'backy nbd' saves
+// them as a new version. A running session share-locks its version anyway.
+func (s *store) nbdWaiting(uid string) error {
+	dir := nbdOverlayDir(s.db)
+	infos, err := device.Overlays(dir)
+	if err != nil {
+		return fmt.Errorf("looking for nbd sessions' flushed writes in %s: %w", dir, err)
+	}
+	for _, in := range infos {
+		if in.Version == uid {
+			return fmt.Errorf("%w: version %s is the base of flushed writes of the nbd session %s (%s, last flushed %s) that are not saved yet: run 'backy nbd' to save them as a new version first (or delete %s to give them up)",
+				metastore.ErrLocked, uid, in.Session, dir, in.Saved.UTC().Format(time.RFC3339), filepath.Join(dir, uid+"-"+in.Session+".*"))
+		}
+	}
+	return nil
+}
 
 // Labels of the versions copy-on-write sessions make.
 const (

@@ -23,6 +23,7 @@ func cmdRm(e *env) *cli.Command {
 		Action: e.withStore(1, -1, "one or more VERSIONs", func(c *cli.Context, s *store) error {
 			days := min(e.cfg.Defaults.DisallowRmWhenYoungerThanDays, 100*365)
 			o := versions.RemoveOptions{Force: c.Bool("force"), MinAge: time.Duration(days) * 24 * time.Hour, Now: time.Now(),
+				Check:        func(v *metastore.Version) error { return s.nbdWaiting(v.UID) },
 				BeforeRemove: func(v *metastore.Version) error { return s.deleteMeta(c.Context, v.UID) }}
 			var removed []string
 			var failed multiError

@@ -278,7 +278,20 @@ func TestE2EI13NBDRecoveryEdges(t *testing.T) {
 	if !strings.Contains(r.stderr, "1 copy-on-write session(s)") || !strings.Contains(r.stderr, "without --read-only") {
 		t.Errorf("a read-only server should report the overlay awaiting recovery:\n%v", r)
 	}
+	// rm (and enforce) keep a version that flushed writes wait on.
+	if r := b.run("rm", "--force", v.UID); r.code != 75 || !strings.Contains(r.stderr, "not saved yet") || !strings.Contains(r.stderr, "backy nbd") {
+		t.Errorf("rm of the base of unsaved flushed writes: want exit 75 naming backy nbd\n%v", r)
+	}
+	// Removed all the same (the overlay out of sight meanwhile, as after
+	// a rebuild-metastore --accept-loss that lost the version).
+	dir := e2eI13NBDOverlayDir(b)
+	if err := os.Rename(dir, dir+".aside"); err != nil {
+		t.Fatal(err)
+	}
 	b.ok("rm", "--force", v.UID)
+	if err := os.Rename(dir+".aside", dir); err != nil {
+		t.Fatal(err)
+	}
 	p, _ = e2eNBDServeStart(b)
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)

@@ -446,6 +446,36 @@ func Orphans(dir string) ([]*Orphan, error) {
 	return out, errors.Join(errs...)
 }
 
+// Overlays returns the headers of the durable overlays in dir, held by a
+// running session or not, without locking or changing anything (journals
+// are replaced whole, so each reads consistently). A journal that cannot
+// be read is skipped. A missing dir holds none. rm and enforce use it to
+// keep a version that flushed writes wait on as their base.
+func Overlays(dir string) ([]OverlayInfo, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []OverlayInfo
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasSuffix(n, mapExt) || strings.HasPrefix(n, ".") || !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			continue
+		}
+		if info, _, err := decodeMap(b); err == nil {
+			out = append(out, info)
+		}
+	}
+	return out, nil
+}
+
 // takeOrphan examines the overlay name of dir (which has its data file,
 // journal and temporary journal as given) and returns it, locked, if it
 // holds changes no process holds; nil if it is in use or held nothing.
