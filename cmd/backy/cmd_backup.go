@@ -179,7 +179,7 @@ func readHints(ctx context.Context, path string, size int64) ([]hints.Extent, er
 			return nil, fmt.Errorf("hints file %s: %w", path, err)
 		}
 		if m := st.Mode(); !m.IsRegular() && m&os.ModeNamedPipe == 0 {
-			return nil, usageErr("--hints %s is %s: give a file, a pipe or - for stdin", path, fileKind(m))
+			return nil, usageErr("--hints %s is %s: give a file, a pipe or - for stdin", path, source.DescribeMode(m))
 		}
 	}
 	type result struct {
@@ -232,23 +232,6 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-// fileKind names the kind of file of mode m for messages.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&os.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeCharDevice != 0:
-		return "a character device"
-	case m&os.ModeDevice != 0:
-		return "a block device"
-	}
-	return "not a regular file"
 }
 
 // versionArg fetches the version a command names, with a clear error.

@@ -96,7 +96,7 @@ func Open(spec string) (*File, error) {
 		return nil, fmt.Errorf("source %s: %w", path, err)
 	}
 	if !usable(st.Mode()) {
-		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device%s", ErrUnsupported, path, describeMode(st.Mode()), sourceAdvice(st.Mode()))
+		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device%s", ErrUnsupported, path, DescribeMode(st.Mode()), sourceAdvice(st.Mode()))
 	}
 	f, err := openNoBlock(path, os.O_RDONLY)
 	if err != nil {
@@ -123,7 +123,7 @@ func Open(spec string) (*File, error) {
 		s.size = end
 	default: // replaced since the Stat above
 		f.Close()
-		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device", ErrUnsupported, path, describeMode(st.Mode()))
+		return nil, fmt.Errorf("%w: source %s is %s: give an image file or a block device", ErrUnsupported, path, DescribeMode(st.Mode()))
 	}
 	// We read every byte once, front to back.
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)

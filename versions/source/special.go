@@ -20,14 +20,14 @@ func isBlockDevice(m os.FileMode) bool {
 // tty) or is no image at all (a directory).
 func usable(m os.FileMode) bool { return m.IsRegular() || isBlockDevice(m) }
 
-// describeMode names the kind of file of mode m for messages ("a
+// DescribeMode names the kind of file of mode m for messages ("a
 // directory").
-func describeMode(m os.FileMode) string {
+func DescribeMode(m os.FileMode) string {
 	switch {
 	case m.IsDir():
 		return "a directory"
 	case m&os.ModeNamedPipe != 0:
-		return "a FIFO (named pipe)"
+		return "a FIFO"
 	case m&os.ModeSocket != 0:
 		return "a socket"
 	case m&os.ModeCharDevice != 0:
@@ -88,7 +88,7 @@ func badTarget(path string, m os.FileMode) error {
 	default:
 		what = "backy writes a restore at any offset: restore to a regular file or a block device"
 	}
-	return fmt.Errorf("%w %s: it is %s; %s", ErrBadTarget, path, describeMode(m), what)
+	return fmt.Errorf("%w %s: it is %s; %s", ErrBadTarget, path, DescribeMode(m), what)
 }
 
 // openExisting opens the existing restore target path (of mode m, from a
@@ -120,7 +120,7 @@ func openExisting(path string, m os.FileMode) (*os.File, bool, error) {
 	}
 	if isBlockDevice(st.Mode()) != dev || !usable(st.Mode()) { // replaced since the Stat
 		f.Close()
-		return nil, false, fmt.Errorf("%w %s: it changed while it was opened (now %s); retry", ErrBadTarget, path, describeMode(st.Mode()))
+		return nil, false, fmt.Errorf("%w %s: it changed while it was opened (now %s); retry", ErrBadTarget, path, DescribeMode(st.Mode()))
 	}
 	return f, dev, nil
 }

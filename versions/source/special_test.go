@@ -54,8 +54,8 @@ func TestOpenSpecialFiles(t *testing.T) {
 	for _, tc := range []struct {
 		name, path, want string
 	}{
-		{"fifo", fifo, "is a FIFO (named pipe)"},
-		{"fifo-url", "file://" + fifo, "is a FIFO (named pipe)"},
+		{"fifo", fifo, "is a FIFO"},
+		{"fifo-url", "file://" + fifo, "is a FIFO"},
 		{"socket", sock, "is a socket"},
 		{"dev-zero", "/dev/zero", "is a character device"},
 		{"dev-null", "/dev/null", "is a character device"},
@@ -87,7 +87,7 @@ func TestCreateTargetSpecialFiles(t *testing.T) {
 		name, path, want string
 	}{
 		{"directory", dir, "it is a directory; name the image file to create, e.g. " + filepath.Join(dir, "disk.img")},
-		{"fifo", fifo, "it is a FIFO (named pipe)"},
+		{"fifo", fifo, "it is a FIFO"},
 		{"socket", sock, "it is a socket"},
 		{"dev-full", "/dev/full", "it is a character device; restore to a regular file or a block device"},
 		{"dev-null", "/dev/null", "deep-scrub"},

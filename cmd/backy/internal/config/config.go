@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
+
+	"github.com/backy/backy/versions/source"
 )
 
 // ErrInvalid is wrapped by every error that reports a problem in the content
@@ -152,7 +154,7 @@ func Default(dir string) *Config {
 func Load(path string) (*Config, error) {
 	// The type first: open(2) of a FIFO would wait for a writer.
 	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
-		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", fileKind(fi.Mode()))}
+		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", source.DescribeMode(fi.Mode()))}
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -164,7 +166,7 @@ func Load(path string) (*Config, error) {
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() { // replaced since the Stat
-		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", fileKind(fi.Mode()))}
+		return nil, &parseError{name: path, msg: fmt.Sprintf("is %s, not a configuration file (expected a regular file)", source.DescribeMode(fi.Mode()))}
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
@@ -244,21 +246,4 @@ func Resolve(flagPath string, getenv func(string) string) (*Config, bool, error)
 		return nil, false, err
 	}
 	return Default(home), true, nil
-}
-
-// fileKind names the kind of file of mode m for messages.
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeCharDevice != 0:
-		return "a character device"
-	case m&fs.ModeDevice != 0:
-		return "a block device"
-	}
-	return "not a regular file"
 }
