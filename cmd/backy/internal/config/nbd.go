@@ -169,24 +169,7 @@ func parseNBDCount(v, what string) (int, string) {
 // parseNBDHandshakeTimeout parses [NBD] handshake_timeout: a Go duration
 // (10s, 1m) or a number of seconds, from 1s to 10m.
 func parseNBDHandshakeTimeout(v string) (time.Duration, string) {
-	const expected = "expected a duration such as 10s or 1m, or a number of seconds, from 1s to 10m"
-	var d time.Duration
-	if v != "" && strings.Trim(v, "0123456789") == "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n > int64(maxNBDHandshakeTime/time.Second) {
-			return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
-		}
-		d = time.Duration(n) * time.Second
-	} else {
-		var err error
-		if d, err = time.ParseDuration(v); err != nil {
-			return 0, fmt.Sprintf("%s is not a duration (%s)", quote(v), expected)
-		}
-	}
-	if d < minNBDHandshakeTime || d > maxNBDHandshakeTime {
-		return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
-	}
-	return d, ""
+	return parseDuration(v, minNBDHandshakeTime, maxNBDHandshakeTime, "expected a duration such as 10s or 1m, or a number of seconds, from 1s to 10m")
 }
 
 // nbdFile resolves the path v of a PEM file of [NBD] holding what and

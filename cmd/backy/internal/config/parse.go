@@ -531,3 +531,25 @@ func (p *parser) path(v string) (string, string) {
 	}
 	return filepath.Clean(v), ""
 }
+
+// parseDuration parses a Go duration ("30s", "2m", "1m30s") or a number of
+// seconds, from lo to hi; expected describes that for the message.
+func parseDuration(v string, lo, hi time.Duration, expected string) (time.Duration, string) {
+	var d time.Duration
+	if v != "" && strings.Trim(v, "0123456789") == "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n > int64(hi/time.Second) {
+			return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
+		}
+		d = time.Duration(n) * time.Second
+	} else {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			return 0, fmt.Sprintf("%s is not a duration (%s)", quote(v), expected)
+		}
+	}
+	if d < lo || d > hi {
+		return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
+	}
+	return d, ""
+}

@@ -567,24 +567,7 @@ func checkProfile(v string) string {
 // parseTimeout parses a Go duration ("30s", "2m", "1m30s") or a number of
 // seconds, more than 0 and at most 24h.
 func parseTimeout(v string) (time.Duration, string) {
-	const expected = "expected a duration such as 30s, 2m or 1m30s, or a number of seconds, more than 0 and at most 24h"
-	var d time.Duration
-	if v != "" && strings.Trim(v, "0123456789") == "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n > int64(maxS3Timeout/time.Second) {
-			return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
-		}
-		d = time.Duration(n) * time.Second
-	} else {
-		var err error
-		if d, err = time.ParseDuration(v); err != nil {
-			return 0, fmt.Sprintf("%s is not a duration (%s)", quote(v), expected)
-		}
-	}
-	if d <= 0 || d > maxS3Timeout {
-		return 0, fmt.Sprintf("%s is out of range (%s)", quote(v), expected)
-	}
-	return d, ""
+	return parseDuration(v, time.Nanosecond, maxS3Timeout, "expected a duration such as 30s, 2m or 1m30s, or a number of seconds, more than 0 and at most 24h")
 }
 
 // parseRetryFor parses retry_for: a duration as for the timeouts, or 0
