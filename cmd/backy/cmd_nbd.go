@@ -536,16 +536,20 @@ func (x *nbdExports) recoverOrphan(ctx context.Context, o *device.Orphan) {
 // nbdCacheSize is --cache-size (or the old --cache-mib) in bytes.
 func nbdCacheSize(c *cli.Context) (int64, error) {
 	const lo, hi = 1 << 20, 64 << 30
-	v := c.String("cache-size")
 	if c.IsSet("cache-mib") && !c.IsSet("cache-size") {
-		v = fmt.Sprint(c.Int64("cache-mib")) + "MiB"
+		n := c.Int64("cache-mib")
+		if n < lo>>20 || n > hi>>20 {
+			return 0, usageErr("--cache-mib %d is out of range: %s", n, config.RangeError("--cache-mib", "1", fmt.Sprint(hi>>20), "MiB, up to "+config.FormatSize(hi)))
+		}
+		return n << 20, nil
 	}
+	v := c.String("cache-size")
 	n, err := config.ParseSize(v)
 	if err != nil {
 		return 0, usageErr("--cache-size %v", err)
 	}
 	if n < lo || n > hi {
-		return 0, usageErr("--cache-size %s is out of range (expected %s to %s)", v, config.FormatSize(lo), config.FormatSize(hi))
+		return 0, usageErr("--cache-size %s is out of range: %s", v, config.RangeError("--cache-size", config.FormatSize(lo), config.FormatSize(hi), ""))
 	}
 	return n, nil
 }

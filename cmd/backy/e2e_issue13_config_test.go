@@ -56,6 +56,8 @@ func TestIssue13ConfigRanges(t *testing.T) {
 		{"block-size-align", []string{"-c", cfg("bs2", "", ""), "init", "--block-size", "65537"}, "--block-size must be a multiple of 4KiB"},
 		{"cache-mib-zero", []string{"nbd", "--cache-mib", "0"}, "--cache-mib must be between 1 and 65536"},
 		{"cache-mib-huge", []string{"nbd", "--cache-mib", "100000000"}, "up to 64GiB"},
+		{"cache-size-small", []string{"nbd", "--cache-size", "64KiB"}, "--cache-size must be between 1MiB and 64GiB"},
+		{"cache-size-huge", []string{"nbd", "--cache-size", "1TiB"}, "--cache-size must be between 1MiB and 64GiB"},
 		{"percent", []string{"scrub", "--all", "--percent", "1000"}, "--percent"},
 	} {
 		t.Run("flag-"+tc.name, func(t *testing.T) {

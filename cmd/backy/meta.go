@@ -8,6 +8,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 )
 
@@ -61,7 +62,12 @@ func (s *store) syncMeta(ctx context.Context, own ...string) error {
 	s.lastSync = catalog.SyncResult{}
 	// Most commands change nothing that needs writing: no keys then.
 	pending, err := s.db.PendingSnapshots()
-	if err == nil && len(pending) == 0 {
+	if err != nil {
+		// The metastore itself failed (damaged, say): that is the
+		// command's failure, not a pending snapshot's.
+		return fmt.Errorf("%w: %w", errMetaSync, err)
+	}
+	if len(pending) == 0 {
 		return nil
 	}
 	const later = "what the command did is recorded in the metastore; the next command that reaches the data backend writes the metadata again"
@@ -80,7 +86,7 @@ func (s *store) syncMeta(ctx context.Context, own ...string) error {
 		return unreached(err)
 	}
 	if err != nil {
-		if len(own) == 0 && ctx.Err() == nil {
+		if len(own) == 0 && ctx.Err() == nil && !errors.Is(err, metastore.ErrDamaged) {
 			s.e.log.Warn("version metadata could not be written to the data backend ("+later+")", "err", err)
 			return nil
 		}
