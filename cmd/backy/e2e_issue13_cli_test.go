@@ -94,7 +94,7 @@ func TestIssue13SizeFlags(t *testing.T) {
 		t.Errorf("the new default store's line does not give its block size in units:\n%v", r)
 	}
 	r = b.fail(exitUsage, "nbd", "--cache-size", "1KiB", "--read-only", "--listen", "127.0.0.1:0")
-	if !strings.Contains(r.stderr, "1MiB to 64GiB") {
+	if !strings.Contains(r.stderr, "between 1MiB and 64GiB") {
 		t.Errorf("nbd --cache-size 1KiB:\n%v", r)
 	}
 }
