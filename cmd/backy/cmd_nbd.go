@@ -70,16 +70,23 @@ func cmdNBD(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return e.listenErr(addr, flag, err)
-			}
+			// Earlier sessions' flushed writes are saved before anything
+			// is served (or listened for): a client that connects finds
+			// them in a version.
 			ex := &nbdExports{e: e, s: s, ro: ro, discard: c.Bool("discard-changes"), cache: cache,
 				dir: nbdOverlayDir(s.db)}
 			if ro {
 				ex.reportOrphans()
 			} else {
 				ex.recoverOrphans(ctx)
+			}
+			if err := ctx.Err(); err != nil {
+				// Interrupted while saving them: the next backy nbd goes on.
+				return err
+			}
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return e.listenErr(addr, flag, err)
 			}
 			where := "loopback only"
 			if !isLoopback(ln.Addr()) {

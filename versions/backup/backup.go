@@ -227,6 +227,9 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 // useBase validates and read-locks the base version.
 func (e *engine) useBase(b *metastore.Version) (*metastore.Lock, error) {
 	switch {
+	case b.Removing:
+		// Gone for every purpose: the removal may be finished any time.
+		return nil, fmt.Errorf("%w: %w: %s is being removed", ErrBadBase, metastore.ErrVersionNotFound, b.UID)
 	case e.o.Resume == "" && b.Volume != e.o.Volume:
 		return nil, fmt.Errorf("%w: %s belongs to volume %q, not %q", ErrBadBase, b.UID, b.Volume, e.o.Volume)
 	case b.Status != metastore.StatusValid:
@@ -240,6 +243,9 @@ func (e *engine) useBase(b *metastore.Version) (*metastore.Lock, error) {
 	}
 	// Re-read under the lock: it may have changed or gone meanwhile.
 	cur, err := e.db.Version(b.UID)
+	if err == nil && cur.Removing {
+		err = fmt.Errorf("%w: %w: %s is being removed", ErrBadBase, metastore.ErrVersionNotFound, b.UID)
+	}
 	if err == nil && cur.Status != metastore.StatusValid {
 		err = fmt.Errorf("%w: %s is %s", ErrBadBase, b.UID, cur.Status)
 	}

@@ -281,6 +281,8 @@ func TestRunErrors(t *testing.T) {
 	invalid.Status = metastore.StatusInvalid
 	wrongBS := *valid
 	wrongBS.BlockSize = 4096
+	removing := *valid
+	removing.Status, removing.Removing = metastore.StatusIncomplete, true
 	versions, _ := e.db.Versions(nil)
 
 	cases := []struct {
@@ -299,6 +301,8 @@ func TestRunErrors(t *testing.T) {
 		{"base-incomplete", backup.Options{Volume: "vol", Base: incomplete}, backup.ErrBadBase},
 		{"base-invalid", backup.Options{Volume: "other", Base: invalid}, backup.ErrBadBase},
 		{"base-block-size", backup.Options{Volume: "vol", Base: &wrongBS}, backup.ErrBadBase},
+		// Being removed: gone, not a bad command line (exit 66).
+		{"base-removing", backup.Options{Volume: "vol", Base: &removing}, metastore.ErrVersionNotFound},
 		{"resume-valid", backup.Options{Resume: valid.UID}, backup.ErrBadResume},
 		{"resume-other-volume", backup.Options{Volume: "zzz", Resume: incomplete.UID}, backup.ErrBadResume},
 		{"resume-bad-uid", backup.Options{Resume: "nonsense"}, backup.ErrBadResume},
