@@ -15,8 +15,8 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/file"
-	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/blockstore/object"
+	"github.com/backy/backy/internal/block"
 )
 
 // newStore returns a store writing through a file backend in a temp dir,

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 func encRec(i int, ev uint16, stored uint32) block.Record {

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 // Sentinel errors. Callers test them with errors.Is.

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 // collectAll runs CollectGarbage to the end in batches of n and forgets the

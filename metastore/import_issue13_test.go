@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 // TestImportInvalidRecord: a valid version imported with a block whose

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 // TestSalvage reads a sound metastore completely, and damaged copies of

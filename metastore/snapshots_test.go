@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 // finished makes a valid version with the given records as its one page.

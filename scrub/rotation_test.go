@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/scrub"
 	"github.com/backy/backy/versions/backup"
 )

@@ -19,8 +19,8 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend/file"
-	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/blockstore/object"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/migrate/reencrypt"

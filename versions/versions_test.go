@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions"

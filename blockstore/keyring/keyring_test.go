@@ -16,8 +16,8 @@ import (
 
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/file"
-	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/blockstore/object"
+	"github.com/backy/backy/internal/block"
 )
 
 // fakeRegistry is an in-memory Registry with register-if-absent semantics.

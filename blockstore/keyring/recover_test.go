@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/blockstore/object"
+	"github.com/backy/backy/internal/block"
 )
 
 // putSealed stores, under name, an object sealed with the key of src (a

@@ -12,7 +12,7 @@ import (
 	"github.com/zeebo/blake3"
 	"golang.org/x/crypto/chacha20poly1305"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 // Key seals and opens the payloads of one encryption version.

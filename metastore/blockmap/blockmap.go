@@ -19,7 +19,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 // PageEntries is the number of block entries in a full page. With 4 MiB

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 )
 
 func TestRoundTrip(t *testing.T) {

@@ -37,7 +37,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 )
 

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/source"
 )

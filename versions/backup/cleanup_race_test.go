@@ -15,7 +15,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend/faulty"
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/backup"
 )

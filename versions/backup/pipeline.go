@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backy/backy/blockstore/backend"
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions/hints"

@@ -14,8 +14,8 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/backy/backy/blockstore/backend"
-	"github.com/backy/backy/blockstore/block"
 	"github.com/backy/backy/blockstore/object"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/manifest"
 )

@@ -22,7 +22,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 )

@@ -12,7 +12,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 )

@@ -25,7 +25,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backy/backy/blockstore"
-	"github.com/backy/backy/blockstore/block"
+	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/manifest"
