@@ -411,17 +411,24 @@ func TestWorkerError(t *testing.T) {
 	}
 }
 
-// TestCancel: cancelling the context stops reader, workers (also those
-// waiting for another's upload, and a Put under way) and committer;
-// the version keeps an exact committed prefix.
+// TestCancel: cancelling the context (or a commit failing) stops reader,
+// workers (also those waiting for another's upload, and a Put under way)
+// and committer; the version keeps an exact committed prefix.
 func TestCancel(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		where string
+		want  error
 	}{
-		{"in-put", "put"},         // a Put under way, others wait for it
-		{"in-reader", "reader"},   // the window is full
-		{"in-committer", "count"}, // between commits
+		{"in-put", "put", context.Canceled},         // a Put under way, others wait for it
+		{"in-reader", "reader", context.Canceled},   // the window is full
+		{"in-committer", "count", context.Canceled}, // between commits
+		// The committer fails while it stalls: the workers waiting to hand
+		// in results and the reader stop too.
+		{"commit-fails", "flush", errBoom},
+		// A worker fails late while the others fill the window: the
+		// reader waiting for room stops too.
+		{"worker-fails", "work", errBoom},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
@@ -448,14 +455,30 @@ func TestCancel(t *testing.T) {
 					}
 					return nil
 				}
-			case "reader":
+			case "reader", "flush":
 				// The committer stalls at position 1500 (its Count waits),
 				// so the reader fills the window and waits for room.
 				r.cfg.Count = func(idx int64, _ tjob, _ mapwriter.Result) {
-					if idx == 1500 {
-						time.AfterFunc(50*time.Millisecond, cancel)
-						<-ctx.Done()
+					if idx != 1500 {
+						return
 					}
+					if c.where == "flush" {
+						time.Sleep(50 * time.Millisecond)
+						h.st.mu.Lock()
+						h.st.flushErr = errBoom
+						h.st.mu.Unlock()
+						return
+					}
+					time.AfterFunc(50*time.Millisecond, cancel)
+					<-ctx.Done()
+				}
+			case "work":
+				r.work = func(_ context.Context, j tjob) (mapwriter.Result, bool, error) {
+					if j.idx == 1500 {
+						time.Sleep(100 * time.Millisecond)
+						return mapwriter.Result{}, true, errBoom
+					}
+					return mapwriter.Result{}, false, nil
 				}
 			case "count":
 				r.cfg.Progress = func(next int64) {
@@ -469,11 +492,11 @@ func TestCancel(t *testing.T) {
 			var err error
 			select {
 			case err = <-done:
-			case <-time.After(time.Minute):
+			case <-time.After(20 * time.Second):
 				t.Fatal("the writer did not return after its context was cancelled")
 			}
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("writer = %v, want context.Canceled", err)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("writer = %v, want %v", err, c.want)
 			}
 			// (A commit after the cancellation may still succeed: the
 			// prefix is exact either way.)
