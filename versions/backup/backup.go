@@ -8,8 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/backy/backy/internal/block"
@@ -17,6 +15,7 @@ import (
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/hints"
+	"github.com/backy/backy/versions/mapwriter"
 	"github.com/backy/backy/versions/source"
 )
 
@@ -37,13 +36,9 @@ var (
 	ErrEmptyHints = errors.New("the hints name no data")
 )
 
-// BlockStore is what the engine needs of a blockstore.Store.
-type BlockStore interface {
-	Put(ctx context.Context, id block.ID, plain []byte) (block.Record, error)
-	Delete(ctx context.Context, name block.Name) error
-	// Flush makes every block stored so far durable.
-	Flush(ctx context.Context) error
-}
+// BlockStore is what the engine needs of a blockstore.Store: what the
+// map writer stores blocks through.
+type BlockStore = mapwriter.Store
 
 // Options describes one backup.
 type Options struct {
@@ -105,45 +100,26 @@ type job struct {
 	ents []block.ID      // kindPage: the page's entries
 }
 
-type result struct {
-	job
-	rec      *block.Record // record to commit (uploaded by this run)
-	uploaded bool          // this block's worker stored the object
-	dedup    bool          // found already stored (metastore or this run)
-	wasRead  bool          // the block was read from the source
-}
-
 type engine struct {
-	// workerErr is the first error a worker failed with, recorded before
-	// the worker counts as done: the committer, finding the results
-	// closed early, reports it rather than a gap in the blocks (errgroup
-	// records a goroutine's error only after it returns).
-	workerErr atomic.Pointer[error]
-	st        BlockStore
-	db        *metastore.DB
-	src       source.Source
-	watch     *watched // src, watched for changes while it is read
-	o         Options
-	bs        int64
-	size      int64
-	nBlk      int64
-	hmap      *hints.Map
-	base      *metastore.Version
-	basePg    []blockmap.PageID
-	v         *metastore.Version
-	log       *slog.Logger
-	// prevDuration is the time earlier runs spent on a resumed version.
+	st     BlockStore
+	db     *metastore.DB
+	src    source.Source
+	watch  *watched // src, watched for changes while it is read
+	o      Options
+	bs     int64
+	size   int64
+	nBlk   int64
+	hmap   *hints.Map
+	base   *metastore.Version
+	basePg []blockmap.PageID
+	v      *metastore.Version
+	log    *slog.Logger
+	// start is when this run began; prevDuration the time earlier runs
+	// spent on a resumed version.
+	start        time.Time
 	prevDuration float64
-
-	mu       sync.Mutex
-	inflight map[block.ID]*upload
-}
-
-type upload struct {
-	done  chan struct{}
-	rec   block.Record
-	err   error
-	found bool // the block was found committed in the metastore
+	w            *mapwriter.Writer[job]
+	rbuf         []byte // refetch's buffer
 }
 
 func (o *Options) now() time.Time {
@@ -156,7 +132,7 @@ func (o *Options) now() time.Time {
 // Run backs up src into a new version (or finishes o.Resume) and returns
 // the version, valid, once every block and the map are durable.
 func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source, o Options) (*metastore.Version, error) {
-	e := &engine{st: st, db: db, src: src, o: o, bs: db.BlockSize(), size: src.Size(), inflight: map[block.ID]*upload{}}
+	e := &engine{st: st, db: db, src: src, o: o, bs: db.BlockSize(), size: src.Size()}
 	e.log = o.Logger
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -210,7 +186,7 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 			}
 		}
 	}
-	start := o.now()
+	e.start = o.now()
 	lk, firstPage, err := e.openVersion()
 	if err != nil {
 		return nil, err
@@ -218,7 +194,7 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, src source.Source
 	defer lk.Unlock()
 	e.prevDuration = e.v.DurationSeconds
 	e.log.Info("backup started", "version", e.v.UID, "volume", e.v.Volume, "source", src.Name(), "size", e.size, "resume_page", firstPage)
-	if err := e.pipeline(ctx, firstPage, start); err != nil {
+	if err := e.pipeline(ctx, firstPage); err != nil {
 		return e.v, err
 	}
 	return e.v, nil

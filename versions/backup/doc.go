@@ -13,7 +13,10 @@
 // through the blockstore). One committer puts results back in block order
 // and commits them to the metastore every CommitInterval, one page of the
 // block map at a time, with the new block records and the reference
-// counts, in one transaction per commit.
+// counts, in one transaction per commit. Workers (from the lookup on) and
+// committer are versions/mapwriter's, shared with the copy engine; this
+// package gives it the reader, the zero test and hash, the refetch of a
+// block a cleanup removed, and the version's statistics.
 //
 // Memory is bounded by (workers + 2) block buffers plus one page of the map
 // per uncommitted page, whatever the image size.

@@ -21,7 +21,10 @@
 // committer puts results back in block order and commits them to the
 // target metastore as backup does: every CommitInterval (or 8 full pages),
 // after Flush, so that a record only ever names a durable object; the last
-// commit makes the copy valid.
+// commit makes the copy valid. Workers, in-flight map and committer are
+// versions/mapwriter's (backup's too); this package gives it the reader
+// with its lookups, the verified read of a source block (Fetch, Refetch)
+// and its per-version bookkeeping.
 //
 // # Interruptions, concurrency and damage
 //

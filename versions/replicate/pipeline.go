@@ -6,43 +6,29 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/backy/backy/blockstore"
-	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
+	"github.com/backy/backy/versions/mapwriter"
 )
 
 // engine copies one version.
 type engine struct {
-	// workerErr: the first error of a worker, recorded before it counts
-	// as done (see backup's engine for why).
-	workerErr atomic.Pointer[error]
-	r         *run
-	v         *metastore.Version // in the source, share-locked
-	tv        *metastore.Version // in the target, locked; updated by each commit
-	res       *Result
-	srcPages  []blockmap.PageID
-	n         int64 // map entries to copy
+	r        *run
+	v        *metastore.Version // in the source, share-locked
+	tv       *metastore.Version // in the target, locked; updated by each commit
+	res      *Result
+	srcPages []blockmap.PageID
+	n        int64 // map entries to copy
+	w        *mapwriter.Writer[job]
+	rbuf     []byte // refetch's buffer
 
 	mu        sync.Mutex
-	inflight  map[block.ID]*upload
 	damaged   []block.ID // source blocks found damaged
 	damageErr error      // the first damage found
-}
-
-// upload is a block being stored by one worker, which others meeting the
-// same block wait for.
-type upload struct {
-	done  chan struct{}
-	rec   block.Record
-	err   error
-	found bool // the target held the block already
 }
 
 // job is one position of the map.
@@ -55,66 +41,43 @@ type job struct {
 	have     bool         // the target had a valid record when the reader looked
 }
 
-type result struct {
-	job
-	rec   *block.Record // target record to commit (stored by this run)
-	sent  bool          // this result's worker read and stored the block
-	dedup bool          // the target held it, or another worker stored it
-}
-
 func (e *engine) blockLen(idx int64) int64 { return min(e.v.BlockSize, e.v.Size-idx*e.v.BlockSize) }
 
-// pipeline runs reader, workers and committer from page firstPage on.
+// pipeline copies the map from page firstPage on through the map writer:
+// the reader and the source side here, workers and committer there.
 func (e *engine) pipeline(ctx context.Context, firstPage int64) error {
-	start := time.Now()
-	prevDuration := e.tv.DurationSeconds
-	g, ctx := errgroup.WithContext(ctx)
-	w := e.r.o.Workers
-	// window bounds how far the reader runs ahead of the committer, so
-	// the reorder buffer stays small.
-	window := make(chan struct{}, 4*(w+2))
-	jobs := make(chan job, w)
-	results := make(chan result, w)
-	g.Go(func() error {
-		defer close(jobs)
-		return e.reader(ctx, firstPage, window, jobs)
+	e.w = mapwriter.New(mapwriter.Config[job]{
+		Store: e.r.dst.Blocks, DB: e.r.dst.DB, UID: e.tv.UID, Name: "target store", Logger: e.r.log,
+		FirstPage: firstPage, End: e.n,
+		// A continued copy starts at the page holding its first block not
+		// yet done, so it sees again blocks an earlier run committed and
+		// counted.
+		Counted: e.tv.BlocksDone,
+		Workers: e.r.o.Workers, CommitInterval: e.r.o.CommitInterval,
+		Start: time.Now(), PrevDuration: e.tv.DurationSeconds,
+		BufSize: int(e.v.BlockSize),
+		Read: func(ctx context.Context, emit func(job) error) error {
+			return e.reader(ctx, firstPage, emit)
+		},
+		Work:    e.work,
+		Fetch:   e.read,
+		Refetch: e.refetch,
+		Count:   e.count,
+		Progress: func(next int64) {
+			e.r.progress(e.blockLen(next - 1))
+		},
+		Update: e.update,
 	})
-	var workers sync.WaitGroup
-	for range w {
-		workers.Add(1)
-		g.Go(func() error {
-			defer workers.Done()
-			buf := make([]byte, 0, e.v.BlockSize)
-			for j := range jobs {
-				r, err := e.work(ctx, j, buf)
-				if err != nil {
-					e.workerErr.CompareAndSwap(nil, &err)
-					return err
-				}
-				select {
-				case results <- r:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			return nil
-		})
+	if err := e.w.Run(ctx); err != nil {
+		return err
 	}
-	g.Go(func() error {
-		workers.Wait()
-		close(results)
-		return nil
-	})
-	g.Go(func() error {
-		return e.committer(ctx, firstPage, start, prevDuration, window, results)
-	})
-	return g.Wait()
+	return e.w.Commit(ctx, true)
 }
 
 // reader emits one job per map entry from page firstPage on, in order,
 // with the blocks' records in the source and whether the target holds
 // them (one read transaction per page and store).
-func (e *engine) reader(ctx context.Context, firstPage int64, window chan struct{}, jobs chan<- job) error {
+func (e *engine) reader(ctx context.Context, firstPage int64, emit func(job) error) error {
 	var slook, tlook []metastore.Lookup
 	next := firstPage * blockmap.PageEntries
 	for p := firstPage; p < int64(len(e.srcPages)) && next < e.n; p++ {
@@ -140,17 +103,10 @@ func (e *engine) reader(ctx context.Context, firstPage int64, window chan struct
 				}
 				return perVersion(fmt.Errorf("%w: the map of version %s in the source has more entries than its %d blocks", metastore.ErrCorrupt, e.v.UID, e.n))
 			}
-			select {
-			case window <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
 			j := job{idx: next, n: e.blockLen(next), id: id, rec: slook[k].Record,
 				srcFound: id.IsSparse() || slook[k].Found, have: tlook[k].Found && !tlook[k].Record.Invalid}
-			select {
-			case jobs <- j:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := emit(j); err != nil {
+				return err
 			}
 			next++
 		}
@@ -161,90 +117,18 @@ func (e *engine) reader(ctx context.Context, firstPage int64, window chan struct
 	return nil
 }
 
-// work handles one job in a worker.
-func (e *engine) work(ctx context.Context, j job, buf []byte) (result, error) {
-	r := result{job: j}
+// work handles one job in a worker: the map writer stores the block in
+// the target unless it holds it, reading it with e.read only then.
+func (e *engine) work(ctx context.Context, j job, buf []byte) (mapwriter.Result, error) {
 	if j.id.IsSparse() {
-		return r, nil
+		return mapwriter.Result{Kind: mapwriter.Sparse}, nil
 	}
 	if !j.srcFound {
 		err := fmt.Errorf("%w: block %d (%s) of version %s has no record in the source metastore", metastore.ErrCorrupt, j.idx, j.id.Short(), e.v.UID)
 		e.damage(j.id, err)
-		return r, perVersion(err)
+		return mapwriter.Result{}, perVersion(err)
 	}
-	rec, sent, dedup, err := e.store(ctx, j, buf)
-	if err != nil {
-		return r, err
-	}
-	r.rec, r.sent, r.dedup = rec, sent, dedup
-	return r, nil
-}
-
-// store makes sure the target holds block j.id: found valid in the target
-// (dedup), being stored by another worker of this run (wait and share its
-// record), or read from the source and stored now.
-func (e *engine) store(ctx context.Context, j job, buf []byte) (*block.Record, bool, bool, error) {
-	id := j.id
-	e.mu.Lock()
-	if u, ok := e.inflight[id]; ok {
-		e.mu.Unlock()
-		select {
-		case <-u.done:
-		case <-ctx.Done():
-			return nil, false, false, ctx.Err()
-		}
-		if u.err != nil {
-			return nil, false, false, u.err
-		}
-		if u.found {
-			return nil, false, true, nil
-		}
-		rec := u.rec
-		return &rec, false, true, nil
-	}
-	u := &upload{done: make(chan struct{})}
-	e.inflight[id] = u
-	e.mu.Unlock()
-	fail := func(err error) (*block.Record, bool, bool, error) {
-		u.err = err
-		close(u.done)
-		e.forget(id)
-		return nil, false, false, err
-	}
-	have := j.have
-	if !have {
-		// The reader looked a while ago: this run (or another writer) may
-		// have committed the block since.
-		rec, found, err := e.r.dst.DB.LookupBlock(id)
-		if err != nil {
-			return fail(fmt.Errorf("target store: %w", err))
-		}
-		have = found && !rec.Invalid
-	}
-	if have {
-		// Set found before close: waiters read it once done is closed.
-		u.found = true
-		close(u.done)
-		e.forget(id)
-		return nil, false, true, nil
-	}
-	data, err := e.read(ctx, j, buf)
-	if err != nil {
-		return fail(err)
-	}
-	rec, err := e.r.dst.Blocks.Put(ctx, id, data)
-	if err != nil {
-		return fail(fmt.Errorf("target store: %w", err))
-	}
-	u.rec = rec
-	close(u.done) // stays in inflight until committed
-	return &rec, true, false, nil
-}
-
-func (e *engine) forget(id block.ID) {
-	e.mu.Lock()
-	delete(e.inflight, id)
-	e.mu.Unlock()
+	return e.w.Store(ctx, j, j.id, j.have, nil, buf)
 }
 
 // read reads and verifies block j from the source. A concurrent
@@ -279,6 +163,21 @@ func (e *engine) read(ctx context.Context, j job, buf []byte) ([]byte, error) {
 	return data, nil
 }
 
+// refetch reads block j from the source again, after a cleanup of the
+// target removed the block the copy deduplicated it against.
+func (e *engine) refetch(ctx context.Context, _ block.ID, j job) ([]byte, error) {
+	// The record may have moved (migrate-encryption in the source).
+	if cur, found, err := e.r.src.DB.LookupBlock(j.id); err != nil {
+		return nil, fmt.Errorf("source store: %w", err)
+	} else if found {
+		j.rec = cur
+	}
+	if e.rbuf == nil {
+		e.rbuf = make([]byte, 0, e.v.BlockSize)
+	}
+	return e.read(ctx, j, e.rbuf)
+}
+
 func (e *engine) damage(id block.ID, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -290,239 +189,59 @@ func (e *engine) damage(id block.ID, err error) {
 	}
 }
 
-// committer puts results in order into pages and commits them to the
-// target.
-func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time, prevDuration float64, window chan struct{}, results <-chan result) error {
-	c := &commitState{e: e, start: start, prevDuration: prevDuration, committedPages: int(firstPage),
-		seen: map[block.ID]bool{}, dedup: map[block.ID]job{}, lastCommit: time.Now()}
-	pending := map[int64]result{}
-	next := firstPage * blockmap.PageEntries
-	// A continued copy starts at the page holding its first block not yet
-	// done, so it sees again blocks an earlier run committed and counted:
-	// count only the blocks from counted on.
-	c.counted = e.tv.BlocksDone
-	for r := range results {
-		pending[r.idx] = r
-		for {
-			r, ok := pending[next]
-			if !ok {
-				break
-			}
-			delete(pending, next)
-			<-window
-			c.stats(r)
-			c.add(r)
-			next++
-			e.r.progress(r.n)
-			if len(c.full) >= 8 || time.Since(c.lastCommit) >= e.r.o.CommitInterval {
-				if err := c.commit(ctx, false); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if next != e.n {
-		if werr := e.workerErr.Load(); werr != nil {
-			return *werr
-		}
-		return fmt.Errorf("internal error: copy of %s ended at block %d of %d", e.v.UID, next, e.n)
-	}
-	return c.commit(ctx, true)
-}
-
-// commitState is the committer's view of the map being built.
-type commitState struct {
-	e              *engine
-	start          time.Time
-	prevDuration   float64
-	counted        int64                 // positions before it were counted by an earlier run
-	committedPages int                   // full pages committed: positions [0, committedPages)
-	full           []metastore.PageWrite // complete pages since the last commit
-	tail           []block.ID            // entries of the page being filled
-	newRecs        []block.Record        // objects stored since the last commit
-	seen           map[block.ID]bool     // ids in newRecs
-	dedup          map[block.ID]job      // blocks deduplicated since the last commit
-	lastCommit     time.Time
-}
-
-// stats counts a result in the target version and the Result.
-func (c *commitState) stats(r result) {
-	if r.idx < c.counted {
-		return
-	}
-	v, res := c.e.tv, c.e.res
-	switch {
-	case r.id.IsSparse():
-		v.BytesSparse += r.n
+// count folds a result into the target version and the Result.
+func (e *engine) count(_ int64, j job, r mapwriter.Result) {
+	v, res := e.tv, e.res
+	switch r.Kind {
+	case mapwriter.Sparse:
+		v.BytesSparse += j.n
 		res.BlocksSparse++
-	case r.sent:
-		c.countSent(r.n, int64(r.rec.StoredSize))
+	case mapwriter.Stored:
+		e.countSent(j.n, int64(r.Rec.StoredSize))
+	case mapwriter.Refetched:
+		// Counted as deduplicated; it was sent after all.
+		if r.Counted {
+			v.BytesDeduplicated -= j.n
+			res.BlocksDeduplicated--
+			res.BytesDeduplicated -= j.n
+		}
+		e.countSent(j.n, int64(r.Rec.StoredSize))
 	default:
-		v.BytesDeduplicated += r.n
+		v.BytesDeduplicated += j.n
 		res.BlocksDeduplicated++
-		res.BytesDeduplicated += r.n
+		res.BytesDeduplicated += j.n
 	}
 }
 
-func (c *commitState) countSent(n, stored int64) {
-	v, res := c.e.tv, c.e.res
+func (e *engine) countSent(n, stored int64) {
+	v, res := e.tv, e.res
 	v.BytesRead += n
 	v.BytesWritten += stored
 	res.BlocksSent++
 	res.BytesSent += n
 	res.BytesWritten += stored
-	c.e.r.mu.Lock()
-	c.e.r.sent += n
-	c.e.r.mu.Unlock()
+	e.r.mu.Lock()
+	e.r.sent += n
+	e.r.mu.Unlock()
 }
 
-func (c *commitState) add(r result) {
-	if r.rec != nil && !c.seen[r.id] {
-		c.seen[r.id] = true
-		c.newRecs = append(c.newRecs, *r.rec)
-	}
-	if r.dedup && r.rec == nil {
-		if _, ok := c.dedup[r.id]; !ok {
-			c.dedup[r.id] = r.job
+// update sets the copy's statistics in a commit; the final commit
+// completes it.
+func (e *engine) update(v *metastore.Version, final bool) {
+	v.BytesRead, v.BytesWritten = e.tv.BytesRead, e.tv.BytesWritten
+	v.BytesDeduplicated, v.BytesSparse = e.tv.BytesDeduplicated, e.tv.BytesSparse
+	if final {
+		if e.v.Status != metastore.StatusIncomplete {
+			// Every block was read and verified, or found valid in the
+			// target.
+			v.Status = metastore.StatusValid
+		}
+		v.Protected = e.v.Protected
+		v.Expire = nil
+		if e.v.Expire != nil {
+			t := *e.v.Expire
+			v.Expire = &t
 		}
 	}
-	c.tail = append(c.tail, r.id)
-	if len(c.tail) == blockmap.PageEntries {
-		c.full = append(c.full, metastore.NewPage(c.tail))
-		c.tail = nil
-	}
-}
-
-// commit writes the pending pages (and the partial tail) to the target's
-// metastore; final completes the version in the same transaction.
-func (c *commitState) commit(ctx context.Context, final bool) error {
-	e := c.e
-	pages := append([]metastore.PageWrite(nil), c.full...)
-	if len(c.tail) > 0 {
-		pages = append(pages, metastore.NewPage(append([]block.ID(nil), c.tail...)))
-	}
-	done := int64(c.committedPages+len(c.full))*blockmap.PageEntries + int64(len(c.tail))
-	for attempt := 0; ; attempt++ {
-		snapshot := *e.tv // statistics, including blocks stored again below
-		// Records may only point to durable objects.
-		if err := e.r.dst.Blocks.Flush(ctx); err != nil {
-			return fmt.Errorf("target store: %w", err)
-		}
-		res, err := e.r.dst.DB.Commit(metastore.Commit{
-			UID: e.tv.UID, At: c.committedPages, Pages: pages, New: c.newRecs,
-			Update: func(v *metastore.Version) error {
-				v.BlocksDone = done
-				v.BytesRead, v.BytesWritten = snapshot.BytesRead, snapshot.BytesWritten
-				v.BytesDeduplicated, v.BytesSparse = snapshot.BytesDeduplicated, snapshot.BytesSparse
-				v.DurationSeconds = c.prevDuration + time.Since(c.start).Seconds()
-				if final {
-					if e.v.Status != metastore.StatusIncomplete {
-						// Every block was read and verified, or found valid
-						// in the target.
-						v.Status = metastore.StatusValid
-					}
-					v.Protected = e.v.Protected
-					v.Expire = nil
-					if e.v.Expire != nil {
-						t := *e.v.Expire
-						v.Expire = &t
-					}
-				}
-				*e.tv = *v
-				return nil
-			},
-		})
-		var missing *metastore.MissingBlocksError
-		if errors.As(err, &missing) && attempt <= len(c.dedup) {
-			// A cleanup of the target removed blocks we deduplicated
-			// against: send them again from the source. A block sent again
-			// has its record in the commit, so each attempt fixes at least
-			// one (see backup).
-			e.r.log.Warn("target store: deduplicated blocks were removed meanwhile; sending them again", "version", e.v.UID, "blocks", len(missing.IDs))
-			if err := c.resend(ctx, missing.IDs); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("target store: committing version %s: %w", e.tv.UID, err)
-		}
-		c.dropRedundant(ctx, res.Redundant)
-		break
-	}
-	// Records now committed: later workers find them in the metastore.
-	e.mu.Lock()
-	for _, r := range c.newRecs {
-		if u, ok := e.inflight[r.ID]; ok && u.rec.Name == r.Name {
-			delete(e.inflight, r.ID)
-		}
-	}
-	e.mu.Unlock()
-	c.committedPages += len(c.full)
-	c.full = nil
-	c.newRecs = nil
-	clear(c.seen)
-	clear(c.dedup)
-	c.lastCommit = time.Now()
-	return nil
-}
-
-// resend reads the given blocks from the source again and stores them in
-// the target, adding their records to the pending commit.
-func (c *commitState) resend(ctx context.Context, ids []block.ID) error {
-	e := c.e
-	buf := make([]byte, 0, e.v.BlockSize)
-	for _, id := range ids {
-		j, ok := c.dedup[id]
-		if !ok {
-			return fmt.Errorf("%w: block %s used by this copy is no longer stored in the target", metastore.ErrCorrupt, id.Short())
-		}
-		// The record may have moved (migrate-encryption in the source).
-		if cur, found, err := e.r.src.DB.LookupBlock(id); err != nil {
-			return fmt.Errorf("source store: %w", err)
-		} else if found {
-			j.rec = cur
-		}
-		data, err := e.read(ctx, j, buf)
-		if err != nil {
-			return err
-		}
-		rec, err := e.r.dst.Blocks.Put(ctx, id, data)
-		if err != nil {
-			return fmt.Errorf("target store: %w", err)
-		}
-		c.newRecs = append(c.newRecs, rec)
-		c.seen[id] = true
-		// Counted as deduplicated; it was sent after all.
-		if j.idx >= c.counted {
-			e.tv.BytesDeduplicated -= j.n
-			e.res.BlocksDeduplicated--
-			e.res.BytesDeduplicated -= j.n
-		}
-		c.countSent(j.n, int64(rec.StoredSize))
-	}
-	return nil
-}
-
-// dropRedundant deletes objects this run stored that another writer had
-// stored first. They are in the target's trash, so one that cannot be
-// deleted now is left to cleanup.
-func (c *commitState) dropRedundant(ctx context.Context, names []block.Name) {
-	if len(names) == 0 {
-		return
-	}
-	var gone []block.Name
-	for _, n := range names {
-		if err := c.e.r.dst.Blocks.Delete(ctx, n); err != nil && !errors.Is(err, backend.ErrNotFound) {
-			c.e.r.log.Warn("target store: redundant object not deleted; cleanup will", "object", n.String(), "err", err)
-			continue
-		}
-		gone = append(gone, n)
-	}
-	if err := c.e.r.dst.DB.ForgetTrash(gone); err != nil {
-		c.e.r.log.Warn("target store: trash not updated; cleanup will", "err", err)
-	}
+	*e.tv = *v
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions"
+	"github.com/backy/backy/versions/mapwriter"
 )
 
 // Errors of Run, tested with errors.Is.
@@ -42,15 +43,10 @@ type Reader interface {
 	CanOpen(encVersion uint16) error
 }
 
-// Writer is what the engine needs of the target's blockstore.Store.
-type Writer interface {
-	// Put seals a block with the target's encryption and compression and
-	// stores it under a new name.
-	Put(ctx context.Context, id block.ID, plain []byte) (block.Record, error)
-	Delete(ctx context.Context, name block.Name) error
-	// Flush makes every block stored so far durable.
-	Flush(ctx context.Context) error
-}
+// Writer is what the engine needs of the target's blockstore.Store (what
+// the map writer stores through): its Put seals a block with the target's
+// encryption and compression.
+type Writer = mapwriter.Store
 
 // Source is the store versions are copied from.
 type Source struct {
@@ -537,7 +533,7 @@ func (r *run) version(ctx context.Context, uid string) (*Result, error) {
 		res.State = StateResumed
 	}
 	r.log.Info("copy started", "version", uid, "volume", v.Volume, "size", v.Size, "resume_page", firstPage)
-	e := &engine{r: r, v: v, tv: tv, res: res, srcPages: srcPages, n: res.Blocks, inflight: map[block.ID]*upload{}}
+	e := &engine{r: r, v: v, tv: tv, res: res, srcPages: srcPages, n: res.Blocks}
 	err = e.pipeline(ctx, firstPage)
 	res.TargetStatus, res.BlocksDone = tv.Status, tv.BlocksDone
 	if len(e.damaged) > 0 {
