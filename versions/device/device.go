@@ -11,9 +11,10 @@
 //
 // The served version is share-locked while the device is open: it cannot
 // be removed, so its blocks keep references and no cleanup deletes them.
-// A block that fails verification is never returned: the read fails (an
-// I/O error to the client) and the block is marked invalid in the
-// metastore, with every version using it, as a scrub does.
+// Blocks are read through package versions/blockread. A block that fails
+// verification is never returned: the read fails (an I/O error to the
+// client) and the block is marked invalid in the metastore at once, with
+// every version using it, as a scrub does.
 package device
 
 import (

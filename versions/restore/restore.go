@@ -2,11 +2,13 @@
 // from the metastore, fetches and verifies every block from the store in
 // parallel, and writes it at its offset in the target.
 //
-// Every block is verified (authentication tag, BLAKE3) before it is
-// written; data that fails verification is never written. A valid version
-// restores completely or the restore fails. An incomplete or invalid
-// version is restored only when forced, and then every block that could
-// not be restored is zeroed in the target and reported.
+// Every block is read through package versions/blockread, verified
+// (authentication tag, BLAKE3) before it is written; data that fails
+// verification is never written, and every damaged block is marked invalid
+// with every version using it. A valid version restores completely or the
+// restore fails. An incomplete or invalid version is restored only when
+// forced, and then every block that could not be restored is zeroed in the
+// target and reported.
 package restore
 
 import (
