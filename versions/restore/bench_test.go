@@ -1,6 +1,7 @@
 package restore_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -21,26 +22,18 @@ const (
 	benchBlockSize = 4 << 20
 )
 
+// memSource is an image in memory.
+type memSource struct{ *bytes.Reader }
+
+func (m memSource) Name() string { return "memory image" }
+func (m memSource) Close() error { return nil }
+
 // benchVersion backs up benchSize random bytes (nothing deduplicates) into
 // a new store in dir at block size bsz.
 func benchVersion(b *testing.B, dir string, bsz int64) (*metastore.DB, *blockstore.Store, *metastore.Version) {
 	b.Helper()
-	path := filepath.Join(dir, "image.raw")
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	r := rand.NewChaCha8([32]byte{42})
-	buf := make([]byte, 4<<20)
-	for written := 0; written < benchSize; written += len(buf) {
-		_, _ = r.Read(buf)
-		if _, err := f.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		b.Fatal(err)
-	}
+	data := make([]byte, benchSize)
+	_, _ = rand.NewChaCha8([32]byte{42}).Read(data)
 	db, err := metastore.Create(filepath.Join(dir, "backy.db"), bsz, [16]byte{4, 2}, metastore.Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -55,16 +48,10 @@ func benchVersion(b *testing.B, dir string, bsz int64) (*metastore.DB, *blocksto
 		b.Fatal(err)
 	}
 	b.Cleanup(st.Close)
-	src, err := source.Open(path)
+	v, err := backup.Run(context.Background(), st, db, memSource{bytes.NewReader(data)}, backup.Options{Volume: "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer src.Close()
-	v, err := backup.Run(context.Background(), st, db, src, backup.Options{Volume: "bench"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	os.Remove(path)
 	return db, st, v
 }
 
