@@ -37,9 +37,12 @@
 // A source mismatch is no failure: it is listed in Result.Differences,
 // the version's result is "differs" (Run returns ErrDiffers when nothing
 // was damaged), and it marks nothing: the stored block is intact, and the
-// source may simply have changed since the snapshot. Before
-// a block is declared missing or corrupt its record is looked up again and
-// followed if a concurrent migrate-encryption moved it to a new object.
+// source may simply have changed since the snapshot. Blocks are
+// checked through package versions/blockread: before a block is declared
+// missing or corrupt its record is looked up again and followed if a
+// concurrent migrate-encryption moved it to a new object, and the damaged
+// blocks are recorded (MarkInvalid) in batches, the rest at the end of
+// each version.
 //
 // Deep-scrub also heals: a block marked invalid that reads back intact is
 // valid again (metastore.MarkValid, which also makes valid every version

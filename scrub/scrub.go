@@ -22,6 +22,7 @@ import (
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions"
+	"github.com/backy/backy/versions/blockread"
 )
 
 // Kinds of scrub, as recorded in metastore.ScrubRecord.Kind.
@@ -273,6 +274,10 @@ type run struct {
 	key          uint64
 	start, width uint64
 
+	// damage records the blocks found bad (MarkInvalid), in batches and
+	// at the end of each version.
+	damage *blockread.Recorder
+
 	mu       sync.Mutex // guards what follows
 	res      *Result
 	seen     map[block.ID]uint8
@@ -330,10 +335,11 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 	}
 	r := &run{
 		st: st, db: db, o: o, log: o.Logger,
-		res:   &Result{Kind: kind, Percent: o.Percent, Versions: []VersionResult{}, Failures: []Failure{}},
-		seen:  map[block.ID]uint8{},
-		bad:   map[block.ID]bool{},
-		pages: map[pageKey]pageInfo{}, listed: map[string]bool{}, validSet: map[string]bool{},
+		damage: blockread.NewRecorder(db, 0),
+		res:    &Result{Kind: kind, Percent: o.Percent, Versions: []VersionResult{}, Failures: []Failure{}},
+		seen:   map[block.ID]uint8{},
+		bad:    map[block.ID]bool{},
+		pages:  map[pageKey]pageInfo{}, listed: map[string]bool{}, validSet: map[string]bool{},
 	}
 	sid := db.StoreID()
 	r.key = binary.LittleEndian.Uint64(sid[:8]) ^ binary.LittleEndian.Uint64(sid[8:])
@@ -573,7 +579,6 @@ type vstate struct {
 	srcBad  int64
 	metaBad int64
 	broken  bool           // the map itself is damaged
-	newBad  []block.ID     // blocks found bad while scrubbing this version
 	healed  []block.Record // invalid blocks found intact
 }
 
@@ -738,13 +743,10 @@ func (r *run) version(ctx context.Context, uid string) error {
 	}
 	werr := g.Wait()
 	// Record the damage found, whatever else happened.
-	if len(vs.newBad) > 0 {
-		uids, err := r.db.MarkInvalid(vs.newBad)
-		if err != nil {
-			return errors.Join(werr, fmt.Errorf("recording %d damaged block(s) as invalid: %w", len(vs.newBad), err))
-		}
-		r.addInvalid(uids...)
+	if err := r.damage.Flush(); err != nil {
+		return errors.Join(werr, err)
 	}
+	r.addInvalid(r.damage.Versions()...)
 	if werr != nil {
 		return werr
 	}
@@ -923,37 +925,25 @@ func (r *run) compare(p []byte, j job) string {
 }
 
 // checkBlock checks one distinct block: its object's size (scrub) or its
-// whole content (deep), following its record if a concurrent
-// migrate-encryption moved it.
+// whole content (deep), through the verified reader, which follows the
+// record if a concurrent migrate-encryption moved it (rec is the record
+// checked: the one to heal).
 func (r *run) checkBlock(ctx context.Context, uid string, vs *vstate, j job, buf *[]byte) error {
-	rec := j.rec
+	var rec block.Record
 	var err error
-	for try := 0; ; try++ {
-		if r.o.Deep {
-			var data []byte
-			data, err = r.st.Get(ctx, rec, (*buf)[:0])
-			if cap(data) > cap(*buf) {
-				*buf = data[:0]
-			}
-			if err == nil {
-				r.mu.Lock()
-				r.res.BytesVerified += int64(len(data))
-				r.mu.Unlock()
-			}
-		} else {
-			err = r.st.Check(ctx, rec)
+	if r.o.Deep {
+		var data []byte
+		data, rec, err = blockread.Get(ctx, r.st, r.db, j.rec, (*buf)[:0])
+		if cap(data) > cap(*buf) {
+			*buf = data[:0]
 		}
-		if err == nil || try == 3 || !(errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt)) {
-			break
+		if err == nil {
+			r.mu.Lock()
+			r.res.BytesVerified += int64(len(data))
+			r.mu.Unlock()
 		}
-		cur, found, lerr := r.db.LookupBlock(j.id)
-		if lerr != nil {
-			return lerr
-		}
-		if !found || cur.Name == rec.Name {
-			break
-		}
-		rec = cur
+	} else {
+		rec, err = blockread.Check(ctx, r.st, r.db, j.rec)
 	}
 	state := stateGood
 	switch {
@@ -963,15 +953,13 @@ func (r *run) checkBlock(ctx context.Context, uid string, vs *vstate, j job, buf
 			vs.healed = append(vs.healed, rec)
 			vs.mu.Unlock()
 		}
-	case errors.Is(err, blockstore.ErrMissing), errors.Is(err, blockstore.ErrCorrupt):
+	case blockread.IsDamage(err):
 		state = stateBad
 		kind := FailCorrupt
 		if errors.Is(err, blockstore.ErrMissing) {
 			kind = FailMissing
 		}
-		vs.mu.Lock()
-		vs.newBad = append(vs.newBad, j.id)
-		vs.mu.Unlock()
+		r.damage.Add(j.id)
 		r.fail(Failure{Version: uid, Index: j.idx, ID: j.id.String(), Kind: kind, Reason: err.Error()})
 	default:
 		return fmt.Errorf("block %d of %s: %w", j.idx, uid, err)

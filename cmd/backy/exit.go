@@ -21,6 +21,7 @@ import (
 	"github.com/backy/backy/scrub"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/backup"
+	"github.com/backy/backy/versions/blockread"
 	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/hints"
 	"github.com/backy/backy/versions/manifest"
@@ -79,7 +80,7 @@ func exitCode(err error) int {
 		return exitConfig
 	case errors.Is(err, metastore.ErrNewerSchema), errors.Is(err, object.ErrNewerFormat), errors.Is(err, manifest.ErrNewerFormat):
 		return exitIncompatible
-	case errors.Is(err, metastore.ErrLocked), errors.Is(err, metastore.ErrBusy):
+	case errors.Is(err, metastore.ErrLocked), errors.Is(err, metastore.ErrBusy), errors.Is(err, blockread.ErrMoving):
 		return exitLocked
 	case errors.Is(err, object.ErrNoKey), errors.Is(err, keyring.ErrWrongKey), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, fs.ErrPermission):
 		return exitNoPerm

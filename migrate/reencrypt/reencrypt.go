@@ -15,10 +15,13 @@
 //
 // The switch is conditional: it applies only if the record still points to
 // the object that was read, so a concurrent migration, backup, cleanup or
-// scrub never loses a block to it. Restores that looked up the old record
-// follow the record to the new object (see package restore). Deduplication
-// matches blocks by plaintext identity whatever their encryption version,
-// so backups running meanwhile keep deduplicating against both.
+// scrub never loses a block to it. Restores, copies, scrubs and NBD reads
+// that looked up the old record follow the record to the new object
+// (package versions/blockread, which this engine reads through too: a
+// block another migration moved meanwhile, or a cleanup removed, is
+// skipped, not damage). Deduplication matches blocks by plaintext identity
+// whatever their encryption version, so backups running meanwhile keep
+// deduplicating against both.
 package reencrypt
 
 import (
@@ -35,10 +38,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
+	"github.com/backy/backy/versions/blockread"
 )
 
 // ErrNoTarget: the target encryption version is 0 (no encryption).
@@ -187,7 +190,7 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 		return nil, err
 	}
 	defer wlk.Unlock()
-	m := &migration{st: st, db: db, o: o, log: log, res: res, target: target, total: total, isBad: map[block.ID]bool{}}
+	m := &migration{st: st, db: db, o: o, log: log, res: res, target: target, total: total, damage: blockread.NewRecorder(db, 0)}
 	// Finish what an interrupted run (or backup) left in the trash first.
 	if err := m.drainTrash(ctx); err != nil {
 		return res, err
@@ -206,17 +209,14 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 	if err == nil || !errors.Is(err, context.Canceled) {
 		err = errors.Join(err, m.drainTrash(ctx))
 	}
-	// Damage found is recorded whatever else happened.
-	if len(m.bad) > 0 {
-		uids, merr := db.MarkInvalid(m.bad)
-		if merr != nil {
-			err = errors.Join(err, fmt.Errorf("recording %d damaged block(s) as invalid failed: %w", len(m.bad), merr))
-		} else {
-			res.InvalidVersions = uids
-		}
-		if err == nil {
-			err = fmt.Errorf("%w: %d block(s) are damaged or missing and now marked invalid (versions: %v)", ErrFailures, len(m.bad), uids)
-		}
+	// Damage found is recorded whatever else happened (the rest of it:
+	// full batches are recorded as they fill).
+	if merr := m.damage.Flush(); merr != nil {
+		err = errors.Join(err, merr)
+	}
+	res.InvalidVersions = m.damage.Versions()
+	if n := m.damage.Blocks(); n > 0 && err == nil {
+		err = fmt.Errorf("%w: %d block(s) are damaged or missing and now marked invalid (versions: %v)", ErrFailures, n, res.InvalidVersions)
 	}
 	after, serr := db.EncStats()
 	if serr != nil {
@@ -247,11 +247,11 @@ type migration struct {
 	res    *Result
 	target uint16
 	total  int64
-	bad    []block.ID
-	// isBad holds the blocks of bad: they are marked invalid only at the
-	// end, so a later batch (another selected version, or a repeat within
-	// one) must not read and report them again.
-	isBad map[block.ID]bool
+	// damage records the damaged blocks (MarkInvalid, in batches). A
+	// block not recorded yet still looks valid in the metastore, so a
+	// later batch (another selected version, or a repeat within one)
+	// asks damage.Has before it reads and reports the block again.
+	damage *blockread.Recorder
 }
 
 func (m *migration) progress() {
@@ -387,7 +387,7 @@ func (m *migration) batch(ctx context.Context, ids []block.ID) error {
 	}
 	var todo []block.Record
 	for _, l := range look {
-		if l.Found && l.Record.EncVersion < m.target && !l.Record.Invalid && !m.isBad[l.Record.ID] {
+		if l.Found && l.Record.EncVersion < m.target && !l.Record.Invalid && !m.damage.Has(l.Record.ID) {
 			todo = append(todo, l.Record)
 		}
 	}
@@ -403,30 +403,29 @@ func (m *migration) batch(ctx context.Context, ids []block.ID) error {
 	g.SetLimit(m.o.Workers)
 	for i, rec := range todo {
 		g.Go(func() error {
-			buf := make([]byte, 0, rec.Size)
-			plain, err := m.st.Get(gctx, rec, buf)
-			if err != nil {
-				if !errors.Is(err, blockstore.ErrCorrupt) && !errors.Is(err, blockstore.ErrMissing) {
-					return err
-				}
-				// Moved by another process meanwhile, or damaged?
-				cur, found, lerr := m.db.LookupBlock(rec.ID)
-				if lerr != nil {
-					return lerr
-				}
+			plain, cur, err := blockread.Get(gctx, m.st, m.db, rec, make([]byte, 0, rec.Size))
+			switch {
+			case err == nil && cur.Name == rec.Name:
+			case err == nil || errors.Is(err, blockread.ErrRemoved) || errors.Is(err, blockread.ErrMoving):
+				// Moved by another process meanwhile (a migration:
+				// the reader followed it), or removed (a cleanup: --all
+				// reads unreferenced blocks too): not this run's to do.
 				mu.Lock()
-				defer mu.Unlock()
-				if found && cur.Name == rec.Name {
-					m.bad = append(m.bad, rec.ID)
-					m.isBad[rec.ID] = true
+				m.res.Skipped++
+				mu.Unlock()
+				return nil
+			case blockread.IsDamage(err):
+				if m.damage.Add(rec.ID) {
+					mu.Lock()
 					if len(m.res.Failures) < 1000 {
 						m.res.Failures = append(m.res.Failures, Failure{ID: rec.ID.String(), Reason: err.Error()})
 					}
+					mu.Unlock()
 					m.log.Info("damaged block not migrated", "block", rec.ID.Short(), "err", err)
-				} else {
-					m.res.Skipped++
 				}
 				return nil
+			default:
+				return err
 			}
 			nrec, err := m.st.Put(gctx, rec.ID, plain)
 			if err != nil {

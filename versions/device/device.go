@@ -11,9 +11,10 @@
 //
 // The served version is share-locked while the device is open: it cannot
 // be removed, so its blocks keep references and no cleanup deletes them.
-// A block that fails verification is never returned: the read fails (an
-// I/O error to the client) and the block is marked invalid in the
-// metastore, with every version using it, as a scrub does.
+// Blocks are read through package versions/blockread. A block that fails
+// verification is never returned: the read fails (an I/O error to the
+// client) and the block is marked invalid in the metastore at once, with
+// every version using it, as a scrub does.
 package device
 
 import (
@@ -27,10 +28,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
+	"github.com/backy/backy/versions/blockread"
 	"github.com/backy/backy/versions/hints"
 )
 
@@ -104,7 +105,9 @@ type Device struct {
 	dur *durable
 	fl  sync.Mutex
 
-	bad    []block.ID
+	// damage records each damaged block at once (Batch 1): a server
+	// runs for days, and the client has its I/O error now.
+	damage *blockread.Recorder
 	closed bool
 }
 
@@ -159,7 +162,7 @@ func open(ctx context.Context, db *metastore.DB, st BlockStore, uid string, o Op
 		return nil, err
 	}
 	d := &Device{db: db, st: st, o: o, log: o.Logger, lock: lk, pageC: map[int64]*pageData{}, pLRU: list.New(),
-		inflight: map[block.ID]*fetch{}, lastRead: -2}
+		inflight: map[block.ID]*fetch{}, lastRead: -2, damage: blockread.NewRecorder(db, 1)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -343,24 +346,19 @@ func (d *Device) fetch(ctx context.Context, i int64, id block.ID, rec block.Reco
 	return f.data, f.err
 }
 
-// get reads and verifies one block; damage is recorded.
+// get reads and verifies one block through the verified reader, which
+// follows the record if a migration switched it to a new object since the
+// page was read; damage is recorded.
 func (d *Device) get(ctx context.Context, i int64, id block.ID, rec block.Record) ([]byte, error) {
-	buf := make([]byte, 0, rec.Size)
-	data, err := d.st.Get(ctx, rec, buf)
-	if errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt) {
-		// A migration may have switched the record to a new object since
-		// the page was read: look again before calling it damage.
-		if cur, ok, lerr := d.db.LookupBlock(id); lerr == nil && ok && cur.Name != rec.Name {
-			d.forgetPage(i / blockmap.PageEntries)
-			return d.st.Get(ctx, cur, buf)
-		}
-		uids, merr := d.db.MarkInvalid([]block.ID{id})
-		d.fmu.Lock()
-		d.bad = append(d.bad, id)
-		d.fmu.Unlock()
+	data, cur, err := blockread.Get(ctx, d.st, d.db, rec, make([]byte, 0, rec.Size))
+	if cur.Name != rec.Name {
+		d.forgetPage(i / blockmap.PageEntries) // it holds the old record
+	}
+	if blockread.IsDamage(err) {
+		d.damage.Add(id)
+		merr := d.damage.Flush()
 		d.log.Error("a block of the served version is damaged; the client gets an I/O error, and the block is marked invalid",
-			"version", d.v.UID, "block", i, "err", err, "invalid_versions", uids, "mark_err", merr)
-		return nil, fmt.Errorf("block %d of version %s: %w", i, d.v.UID, err)
+			"version", d.v.UID, "block", i, "err", err, "invalid_versions", d.damage.Versions(), "mark_err", merr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("block %d of version %s: %w", i, d.v.UID, err)
@@ -377,11 +375,9 @@ func (d *Device) forgetPage(p int64) {
 	}
 }
 
-// Bad returns the blocks found damaged so far.
+// Bad returns the blocks found damaged so far (each once, sorted).
 func (d *Device) Bad() []block.ID {
-	d.fmu.Lock()
-	defer d.fmu.Unlock()
-	return append([]block.ID(nil), d.bad...)
+	return d.damage.IDs()
 }
 
 // readAhead starts fetching the blocks after i when reads are sequential.

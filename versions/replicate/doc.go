@@ -40,8 +40,9 @@
 // commit fail with metastore.MissingBlocksError; the engine reads the
 // block from the source again, stores it, and retries, as backup does.
 //
-// A source block that fails verification is never sent: nothing is
-// recorded for it in the target, it is marked invalid in the source with
-// every version using it (as restore does), the copy of that version stops
+// Source blocks are read through package versions/blockread. A source
+// block that fails verification is never sent: nothing is recorded for it
+// in the target, it is marked invalid in the source with every version
+// using it (as restore does), the copy of that version stops
 // there (left incomplete in the target) and the other versions are copied.
 package replicate

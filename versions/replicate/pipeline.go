@@ -2,7 +2,6 @@ package replicate
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
+	"github.com/backy/backy/versions/blockread"
 	"github.com/backy/backy/versions/mapwriter"
 )
 
@@ -27,8 +27,8 @@ type engine struct {
 	rbuf     []byte // refetch's buffer
 
 	mu        sync.Mutex
-	damaged   []block.ID // source blocks found damaged
-	damageErr error      // the first damage found
+	damaged   *blockread.Recorder // source blocks found damaged
+	damageErr error               // the first damage found
 }
 
 // job is one position of the map.
@@ -131,29 +131,17 @@ func (e *engine) work(ctx context.Context, j job, buf []byte) (mapwriter.Result,
 	return e.w.Store(ctx, j, j.id, j.have, nil, buf)
 }
 
-// read reads and verifies block j from the source. A concurrent
-// migrate-encryption in the source may have moved the block to a new
-// object since the map was read: the record is followed, as restore does.
-// A damaged block is recorded for MarkInvalid.
+// read reads and verifies block j from the source through the verified
+// reader, which follows the record if a concurrent migrate-encryption in
+// the source moved the block to a new object since the map was read. A
+// damaged block is recorded for MarkInvalid.
 func (e *engine) read(ctx context.Context, j job, buf []byte) ([]byte, error) {
-	rec := j.rec
-	data, err := e.r.src.Blocks.Get(ctx, rec, buf[:0])
-	for try := 0; try < 3 && (errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt)); try++ {
-		cur, found, lerr := e.r.src.DB.LookupBlock(j.id)
-		if lerr != nil {
-			return nil, fmt.Errorf("source store: %w", lerr)
-		}
-		if !found || cur.Name == rec.Name {
-			break
-		}
-		rec = cur
-		data, err = e.r.src.Blocks.Get(ctx, rec, buf[:0])
-	}
+	data, _, err := blockread.Get(ctx, e.r.src.Blocks, e.r.src.DB, j.rec, buf[:0])
 	if err == nil && int64(len(data)) != j.n {
 		err = fmt.Errorf("%w: block %s has %d bytes, position %d of the version needs %d", blockstore.ErrCorrupt, j.id.Short(), len(data), j.idx, j.n)
 	}
 	if err != nil {
-		if errors.Is(err, blockstore.ErrCorrupt) || errors.Is(err, blockstore.ErrMissing) {
+		if blockread.IsDamage(err) {
 			err = fmt.Errorf("source store: version %s, block %d at byte %d: %w", e.v.UID, j.idx, j.idx*e.v.BlockSize, err)
 			e.damage(j.id, err)
 			return nil, perVersion(err)
@@ -178,12 +166,12 @@ func (e *engine) refetch(ctx context.Context, _ block.ID, j job) ([]byte, error)
 	return e.read(ctx, j, e.rbuf)
 }
 
+// damage records a damaged source block (MarkInvalid, in batches) and
+// keeps the first damage found for the version's error.
 func (e *engine) damage(id block.ID, err error) {
+	e.damaged.Add(id)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !slices.Contains(e.damaged, id) {
-		e.damaged = append(e.damaged, id)
-	}
 	if e.damageErr == nil {
 		e.damageErr = err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions"
+	"github.com/backy/backy/versions/blockread"
 	"github.com/backy/backy/versions/mapwriter"
 )
 
@@ -533,19 +534,22 @@ func (r *run) version(ctx context.Context, uid string) (*Result, error) {
 		res.State = StateResumed
 	}
 	r.log.Info("copy started", "version", uid, "volume", v.Volume, "size", v.Size, "resume_page", firstPage)
-	e := &engine{r: r, v: v, tv: tv, res: res, srcPages: srcPages, n: res.Blocks}
+	e := &engine{r: r, v: v, tv: tv, res: res, srcPages: srcPages, n: res.Blocks,
+		damaged: blockread.NewRecorder(r.src.DB, 0)}
 	err = e.pipeline(ctx, firstPage)
 	res.TargetStatus, res.BlocksDone = tv.Status, tv.BlocksDone
-	if len(e.damaged) > 0 {
-		// Damage found is recorded whatever else happened, as restore does.
-		uids, merr := r.src.DB.MarkInvalid(e.damaged)
-		if merr != nil {
-			err = errors.Join(err, fmt.Errorf("source store: recording %d damaged block(s) as invalid failed: %w", len(e.damaged), merr))
-		} else {
-			r.mu.Lock()
-			r.rep.InvalidVersions = append(r.rep.InvalidVersions, uids...)
-			r.mu.Unlock()
-			r.log.Warn("damaged blocks found in the source and recorded", "blocks", len(e.damaged), "versions", uids)
+	// Damage found is recorded whatever else happened, as restore does
+	// (the rest of it: full batches are recorded as they fill).
+	merr := e.damaged.Flush()
+	if merr != nil {
+		err = errors.Join(err, fmt.Errorf("source store: %w", merr))
+	}
+	if uids := e.damaged.Versions(); len(uids) > 0 {
+		r.mu.Lock()
+		r.rep.InvalidVersions = append(r.rep.InvalidVersions, uids...)
+		r.mu.Unlock()
+		if merr == nil {
+			r.log.Warn("damaged blocks found in the source and recorded", "blocks", e.damaged.Blocks(), "versions", uids)
 		}
 	}
 	if err != nil {

@@ -2,11 +2,13 @@
 // from the metastore, fetches and verifies every block from the store in
 // parallel, and writes it at its offset in the target.
 //
-// Every block is verified (authentication tag, BLAKE3) before it is
-// written; data that fails verification is never written. A valid version
-// restores completely or the restore fails. An incomplete or invalid
-// version is restored only when forced, and then every block that could
-// not be restored is zeroed in the target and reported.
+// Every block is read through package versions/blockread, verified
+// (authentication tag, BLAKE3) before it is written; data that fails
+// verification is never written, and every damaged block is marked invalid
+// with every version using it. A valid version restores completely or the
+// restore fails. An incomplete or invalid version is restored only when
+// forced, and then every block that could not be restored is zeroed in the
+// target and reported.
 package restore
 
 import (
@@ -24,6 +26,7 @@ import (
 	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions"
+	"github.com/backy/backy/versions/blockread"
 )
 
 // Errors of Run.
@@ -74,12 +77,11 @@ type Progress struct {
 
 // BadBlock is a block the restore could not restore.
 type BadBlock struct {
-	Index  int64    `json:"index"`
-	Offset int64    `json:"offset"`
-	Length int64    `json:"length"`
-	ID     string   `json:"id,omitempty"`
-	Reason string   `json:"reason"`
-	id     block.ID // for marking invalid
+	Index  int64  `json:"index"`
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
+	ID     string `json:"id,omitempty"`
+	Reason string `json:"reason"`
 }
 
 // Result summarises a restore.
@@ -94,8 +96,13 @@ type Result struct {
 	InvalidVersions []string `json:"invalid_versions,omitempty"`
 }
 
-// maxListed bounds the bad blocks listed one by one; the rest are counted.
+// maxListed bounds the bad blocks listed one by one; the rest are counted
+// (and every damaged one is recorded).
 const maxListed = 10000
+
+// damageBatch is the damaged blocks recorded per MarkInvalid (tests make
+// it small).
+var damageBatch = blockread.DefaultBatch
 
 type job struct {
 	idx   int64
@@ -139,17 +146,20 @@ func run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 	res := &Result{UID: v.UID, Size: size}
 	var mu sync.Mutex // guards res
 	nBad := 0
+	// Every damaged block is recorded (MarkInvalid), however many.
+	damage := blockread.NewRecorder(db, damageBatch)
 	addBad := func(idx int64, id block.ID, reason string) {
 		mu.Lock()
-		defer mu.Unlock()
 		nBad++
 		if len(res.BadBlocks) < maxListed {
-			b := BadBlock{Index: idx, Offset: idx * bs, Length: min(bs, size-idx*bs), Reason: reason, id: id}
+			b := BadBlock{Index: idx, Offset: idx * bs, Length: min(bs, size-idx*bs), Reason: reason}
 			if !id.IsSparse() {
 				b.ID = id.String()
 			}
 			res.BadBlocks = append(res.BadBlocks, b)
 		}
+		mu.Unlock()
+		damage.Add(id) // a sparse id (nothing backed up) is none
 	}
 	zeros := make([]byte, min(bs, 1<<20))
 
@@ -224,26 +234,15 @@ func run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 						return err
 					}
 				default:
-					data, err := st.Get(gctx, j.rec, buf[:0])
 					// A concurrent migrate-encryption may have moved the
 					// block to a new object (and deleted the old one)
-					// since the map was read: follow the record.
-					for try := 0; try < 3 && (errors.Is(err, blockstore.ErrMissing) || errors.Is(err, blockstore.ErrCorrupt)); try++ {
-						cur, found, lerr := db.LookupBlock(j.id)
-						if lerr != nil {
-							return lerr
-						}
-						if !found || cur.Name == j.rec.Name {
-							break
-						}
-						j.rec = cur
-						data, err = st.Get(gctx, j.rec, buf[:0])
-					}
+					// since the map was read: the reader follows it.
+					data, _, err := blockread.Get(gctx, st, db, j.rec, buf[:0])
 					if err == nil && int64(len(data)) != n {
 						err = fmt.Errorf("%w: block %d has %d bytes, the version needs %d", blockstore.ErrCorrupt, j.idx, len(data), n)
 					}
 					if err != nil {
-						if !errors.Is(err, blockstore.ErrCorrupt) && !errors.Is(err, blockstore.ErrMissing) {
+						if !blockread.IsDamage(err) {
 							return err
 						}
 						addBad(j.idx, j.id, err.Error())
@@ -271,23 +270,15 @@ func run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 	if err == nil && nBad > 0 {
 		err = fmt.Errorf("%w: %d block(s) of %s are zeros in the target", ErrBadBlocks, nBad, v.UID)
 	}
-	// Damage found is recorded whatever else happened.
-	var damaged []block.ID
-	for _, b := range res.BadBlocks {
-		if !b.id.IsSparse() && b.ID != "" {
-			damaged = append(damaged, b.id)
-		}
+	// Damage found is recorded whatever else happened (the rest of it:
+	// full batches are recorded as they fill).
+	if merr := damage.Flush(); merr != nil {
+		// The operator must learn that the damage is not on record.
+		err = errors.Join(err, merr)
+	} else if n := damage.Blocks(); n > 0 {
+		log.Info("damaged blocks found and recorded", "blocks", n, "versions", damage.Versions())
 	}
-	if len(damaged) > 0 {
-		uids, merr := db.MarkInvalid(damaged)
-		if merr != nil {
-			// The operator must learn that the damage is not on record.
-			err = errors.Join(err, fmt.Errorf("recording %d damaged block(s) as invalid failed: %w", len(damaged), merr))
-		} else {
-			res.InvalidVersions = uids
-			log.Info("damaged blocks found and recorded", "blocks", len(damaged), "versions", uids)
-		}
-	}
+	res.InvalidVersions = damage.Versions()
 	res.DurationSeconds = time.Since(start).Seconds()
 	return res, err
 }
