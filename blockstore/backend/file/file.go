@@ -48,9 +48,11 @@ type Options struct {
 	DeferDirSync bool
 }
 
-var _ backend.Syncer = (*Backend)(nil)
-
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend     = (*Backend)(nil)
+	_ backend.Syncer      = (*Backend)(nil)
+	_ backend.TempCleaner = (*Backend)(nil)
+)
 
 // osOps are the operating-system calls of Put and Delete. Tests replace
 // them to inject failures (a full disk, a failing fsync) that are hard to
@@ -445,12 +447,38 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info)
 	return nil
 }
 
+// CleanTemp removes the temporary files of Puts of names starting with
+// prefix ("blocks/", or "" for all) that are older than olderThan: the
+// debris of writers killed in mid-Put (backend.TempCleaner). See the
+// function CleanTemp.
+func (b *Backend) CleanTemp(ctx context.Context, prefix string, olderThan time.Duration) (int, error) {
+	dir := strings.TrimSuffix(prefix, "/")
+	if prefix != "" && (!strings.HasSuffix(prefix, "/") || !backend.ValidName(dir)) {
+		return 0, fmt.Errorf("file backend: clean temporary files under %q: %w (want a prefix ending in '/')", prefix, backend.ErrBadName)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("file backend: clean temporary files: %w", err)
+	}
+	root := b.root
+	if dir != "" {
+		root = b.path(dir)
+		if _, err := os.Stat(root); isNotExist(err) {
+			return 0, nil // nothing was ever written there
+		}
+	}
+	return cleanTemp(ctx, root, olderThan)
+}
+
 // CleanTemp removes the temporary files below root that are older than
 // olderThan: the debris of writers killed in mid-Put. It returns how many
 // it removed. Pass an age well above the longest Put (an hour, say), so as
 // not to pull a temporary file from under a live writer, whose Put would
 // then fail. It keeps going after an error and returns the first one.
 func CleanTemp(root string, olderThan time.Duration) (int, error) {
+	return cleanTemp(context.Background(), root, olderThan)
+}
+
+func cleanTemp(ctx context.Context, root string, olderThan time.Duration) (int, error) {
 	cutoff := time.Now().Add(-olderThan)
 	removed := 0
 	var first error
@@ -460,6 +488,9 @@ func CleanTemp(root string, olderThan time.Duration) (int, error) {
 		}
 	}
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
 		if err != nil {
 			if !isNotExist(err) || path == root {
 				note(err)
