@@ -124,3 +124,32 @@ type TempCleaner interface {
 	// the first one.
 	CleanTemp(ctx context.Context, prefix string, olderThan time.Duration) (int, error)
 }
+
+// Below is what a wrapper that offers the capabilities BatchDeleter and
+// Pager itself, applying its policy to them (a retry or a limit wrapper),
+// found below it. Embedded in the wrapper, its Hides hides each of them
+// that the wrapped backend lacks, so that As finds the wrapper's method
+// only where it leads somewhere.
+type Below struct {
+	Batch BatchDeleter // nil: none below
+	Pages Pager        // nil: none below
+}
+
+// FindBelow finds the capabilities of be (with As).
+func FindBelow(be Backend) Below {
+	var b Below
+	b.Batch, _ = As[BatchDeleter](be)
+	b.Pages, _ = As[Pager](be)
+	return b
+}
+
+// Hides hides BatchDeleter and Pager when there is none below.
+func (b Below) Hides(capability any) bool {
+	switch capability.(type) {
+	case *BatchDeleter:
+		return b.Batch == nil
+	case *Pager:
+		return b.Pages == nil
+	}
+	return false
+}

@@ -11,11 +11,10 @@ import (
 // most Reads of Get, Stat and List (pages), at most Writes of Put, Delete
 // and DeleteBatch. Create it with Concurrency.
 type Concurrent struct {
+	below         // what inner offers (and Hides)
 	inner         backend.Backend
 	reads, writes chan struct{} // nil: unlimited
 	conns         int
-	batch         backend.BatchDeleter
-	pager         backend.Pager
 }
 
 var (
@@ -26,36 +25,26 @@ var (
 	_ backend.Pager        = (*Concurrent)(nil)
 )
 
+// below is embedded under a name of its own, unexported.
+type below = backend.Below
+
 // Concurrency wraps inner so that at most reads reads and writes writes
 // are in flight at once; 0 (or less) leaves that kind unlimited. A request
 // waiting for its slot gives up when its context ends. The wrapper
 // reports max(reads, writes) as the backend's Connections.
 func Concurrency(inner backend.Backend, reads, writes int) *Concurrent {
-	c := &Concurrent{inner: inner, conns: max(reads, writes, 0)}
+	c := &Concurrent{below: backend.FindBelow(inner), inner: inner, conns: max(reads, writes, 0)}
 	if reads > 0 {
 		c.reads = make(chan struct{}, reads)
 	}
 	if writes > 0 {
 		c.writes = make(chan struct{}, writes)
 	}
-	c.batch, _ = backend.As[backend.BatchDeleter](inner)
-	c.pager, _ = backend.As[backend.Pager](inner)
 	return c
 }
 
 // Unwrap returns the wrapped backend.
 func (c *Concurrent) Unwrap() backend.Backend { return c.inner }
-
-// Hides hides DeleteBatch and ListPage when the wrapped backend has none.
-func (c *Concurrent) Hides(capability any) bool {
-	switch capability.(type) {
-	case *backend.BatchDeleter:
-		return c.batch == nil
-	case *backend.Pager:
-		return c.pager == nil
-	}
-	return false
-}
 
 // acquire takes a slot of sem (nil: none needed) or fails when ctx ends.
 func acquire(ctx context.Context, sem chan struct{}, op, name string) error {
@@ -110,7 +99,7 @@ func (c *Concurrent) Stat(ctx context.Context, name string) (backend.Info, error
 // listing as a whole otherwise. The slot is never held while fn runs (fn
 // may make requests of its own).
 func (c *Concurrent) List(ctx context.Context, prefix string, fn func(backend.Info) error) error {
-	if c.pager != nil {
+	if c.Pages != nil {
 		return backend.ListPages(ctx, prefix, c.ListPage, fn)
 	}
 	if err := acquire(ctx, c.reads, "list", prefix); err != nil {
@@ -138,14 +127,14 @@ func (c *Concurrent) List(ctx context.Context, prefix string, fn func(backend.In
 
 // ListPage lists one page in a read slot.
 func (c *Concurrent) ListPage(ctx context.Context, prefix, token string) ([]backend.Info, string, error) {
-	if c.pager == nil {
+	if c.Pages == nil {
 		return nil, "", fmt.Errorf("list %q: the backend has no paged listing", prefix)
 	}
 	if err := acquire(ctx, c.reads, "list", prefix); err != nil {
 		return nil, "", err
 	}
 	defer release(c.reads)
-	return c.pager.ListPage(ctx, prefix, token)
+	return c.Pages.ListPage(ctx, prefix, token)
 }
 
 // Delete deletes in a write slot.
@@ -160,22 +149,22 @@ func (c *Concurrent) Delete(ctx context.Context, name string) error {
 // DeleteBatch deletes a batch in one write slot (it is one request).
 func (c *Concurrent) DeleteBatch(ctx context.Context, names []string) ([]error, error) {
 	what := fmt.Sprintf("%d objects", len(names))
-	if c.batch == nil {
+	if c.Batch == nil {
 		return nil, fmt.Errorf("delete %s: the backend has no batch delete", what)
 	}
 	if err := acquire(ctx, c.writes, "delete", what); err != nil {
 		return nil, err
 	}
 	defer release(c.writes)
-	return c.batch.DeleteBatch(ctx, names)
+	return c.Batch.DeleteBatch(ctx, names)
 }
 
 // MaxDeleteBatch is the wrapped backend's.
 func (c *Concurrent) MaxDeleteBatch() int {
-	if c.batch == nil {
+	if c.Batch == nil {
 		return 1
 	}
-	return c.batch.MaxDeleteBatch()
+	return c.Batch.MaxDeleteBatch()
 }
 
 // Properties returns the wrapped backend's, with Connections set to the

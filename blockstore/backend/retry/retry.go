@@ -150,10 +150,9 @@ func (o Options) backoff(n int) time.Duration {
 // Backend retries the transient failures of the backend it wraps. Create
 // it with New.
 type Backend struct {
+	below // what inner offers (and Hides)
 	inner backend.Backend
 	o     Options
-	batch backend.BatchDeleter // of inner, or nil
-	pager backend.Pager        // of inner, or nil
 }
 
 var (
@@ -164,27 +163,16 @@ var (
 	_ backend.Pager        = (*Backend)(nil)
 )
 
+// below is embedded under a name of its own, unexported.
+type below = backend.Below
+
 // New wraps inner with the retry policy o.
 func New(inner backend.Backend, o Options) *Backend {
-	b := &Backend{inner: inner, o: o.withDefaults()}
-	b.batch, _ = backend.As[backend.BatchDeleter](inner)
-	b.pager, _ = backend.As[backend.Pager](inner)
-	return b
+	return &Backend{below: backend.FindBelow(inner), inner: inner, o: o.withDefaults()}
 }
 
 // Unwrap returns the wrapped backend.
 func (b *Backend) Unwrap() backend.Backend { return b.inner }
-
-// Hides hides DeleteBatch and ListPage when the wrapped backend has none.
-func (b *Backend) Hides(capability any) bool {
-	switch capability.(type) {
-	case *backend.BatchDeleter:
-		return b.batch == nil
-	case *backend.Pager:
-		return b.pager == nil
-	}
-	return false
-}
 
 // do runs one request under the policy and logs its failure.
 func (b *Backend) do(ctx context.Context, op, name string, attempt func() error) error {
@@ -234,7 +222,7 @@ func (b *Backend) Stat(ctx context.Context, name string) (backend.Info, error) {
 // retried page by page; any other is retried only while fn has not been
 // called, since a repeated listing would show fn objects twice.
 func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info) error) error {
-	if b.pager != nil {
+	if b.Pages != nil {
 		return backend.ListPages(ctx, prefix, b.ListPage, fn)
 	}
 	called := false
@@ -271,14 +259,14 @@ func (s stop) Error() string { return s.err.Error() }
 // ListPage lists one page of the wrapped backend, retrying transient
 // failures.
 func (b *Backend) ListPage(ctx context.Context, prefix, token string) ([]backend.Info, string, error) {
-	if b.pager == nil {
+	if b.Pages == nil {
 		return nil, "", fmt.Errorf("list %q: the backend has no paged listing", prefix)
 	}
 	var page []backend.Info
 	var next string
 	err := b.do(ctx, "list", prefix, func() error {
 		var err error
-		page, next, err = b.pager.ListPage(ctx, prefix, token)
+		page, next, err = b.Pages.ListPage(ctx, prefix, token)
 		return err
 	})
 	return page, next, err
@@ -292,13 +280,13 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 // DeleteBatch deletes a batch on the wrapped backend, retrying transient
 // failures of the whole request.
 func (b *Backend) DeleteBatch(ctx context.Context, names []string) ([]error, error) {
-	if b.batch == nil {
+	if b.Batch == nil {
 		return nil, fmt.Errorf("delete %d objects: the backend has no batch delete", len(names))
 	}
 	var errs []error
 	err := b.do(ctx, "delete", fmt.Sprintf("%d objects", len(names)), func() error {
 		var err error
-		errs, err = b.batch.DeleteBatch(ctx, names)
+		errs, err = b.Batch.DeleteBatch(ctx, names)
 		return err
 	})
 	if err != nil {
@@ -309,10 +297,10 @@ func (b *Backend) DeleteBatch(ctx context.Context, names []string) ([]error, err
 
 // MaxDeleteBatch is the wrapped backend's.
 func (b *Backend) MaxDeleteBatch() int {
-	if b.batch == nil {
+	if b.Batch == nil {
 		return 1
 	}
-	return b.batch.MaxDeleteBatch()
+	return b.Batch.MaxDeleteBatch()
 }
 
 // Properties returns the wrapped backend's.
