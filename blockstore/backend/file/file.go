@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/atomicfile"
 )
 
 // chunkSize is how much Put writes and Get reads between two checks of ctx.
@@ -76,7 +77,7 @@ var defaultOps = osOps{
 	closeFile:  func(f *os.File) error { return f.Close() },
 	rename:     os.Rename,
 	remove:     os.Remove,
-	syncDir:    syncDir,
+	syncDir:    atomicfile.SyncDir,
 }
 
 // New returns a backend storing its objects below root, which it creates
@@ -123,7 +124,7 @@ func (b *Backend) path(name string) string {
 
 // Put stores data under name: it writes a temporary file in the target
 // directory, fsyncs it, renames it over name and fsyncs the directory.
-func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error) {
+func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
 	if !backend.ValidName(name) {
 		return badName("put", name)
 	}
@@ -133,6 +134,7 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	path := b.path(name)
 	dir := filepath.Dir(path)
 	var f *os.File
+	var err error
 	for attempt := 0; ; attempt++ {
 		// A concurrent Delete may prune the directory (or a parent) while
 		// it is being made or before the temporary file is: make it again.
@@ -146,50 +148,30 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	if err != nil {
 		return opErr("put", name, err)
 	}
-	tmp := f.Name()
-	closed, renamed := false, false
-	defer func() {
-		if err == nil {
-			return
-		}
-		if !closed {
-			f.Close()
-		}
-		if !renamed {
-			os.Remove(tmp)
-		}
-		err = opErr("put", name, err)
-	}()
-
 	for p := data; len(p) > 0; {
-		if err := ctx.Err(); err != nil {
-			return err
+		err := ctx.Err()
+		if err == nil {
+			n := min(len(p), chunkSize)
+			var w int
+			if w, err = b.ops.write(f, p[:n]); err == nil && w != n {
+				err = fmt.Errorf("write %s: %w", f.Name(), io.ErrShortWrite)
+			}
+			p = p[n:]
 		}
-		n := min(len(p), chunkSize)
-		w, err := b.ops.write(f, p[:n])
 		if err != nil {
-			return err
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+			return opErr("put", name, err)
 		}
-		if w != n {
-			return fmt.Errorf("write %s: %w", tmp, io.ErrShortWrite)
-		}
-		p = p[n:]
 	}
-	if err := b.ops.syncFile(f); err != nil {
-		return err
+	// fsync, close, a last look at ctx, rename; the directory is synced
+	// below (or by Sync).
+	err = atomicfile.Commit(ctx, f, path, atomicfile.Options{NoDirSync: true, Ops: &atomicfile.Ops{
+		Sync: b.ops.syncFile, Close: b.ops.closeFile, Rename: b.ops.rename,
+	}})
+	if err != nil {
+		return opErr("put", name, err)
 	}
-	closed = true
-	if err := b.ops.closeFile(f); err != nil {
-		return err
-	}
-	// Last chance to give up: after the rename the object is visible.
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := b.ops.rename(tmp, path); err != nil {
-		return err
-	}
-	renamed = true
 	if b.deferDirSync {
 		b.mu.Lock()
 		b.pendingDirs[dir] = true
@@ -199,7 +181,7 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	// Gone already: a concurrent Delete of the same name removed the
 	// object and pruned the directory; that Put was complete.
 	if err := b.ops.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return opErr("put", name, err)
 	}
 	return nil
 }
