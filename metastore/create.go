@@ -11,6 +11,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/backy/backy/internal/atomicfile"
 )
 
 // creatingSuffix marks the temporary name a new metastore is built under:
@@ -83,7 +85,7 @@ func Prepare(path string, blockSize int64, storeID [16]byte, opts Options) (*Pen
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = atomicfile.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
@@ -93,8 +95,8 @@ func Prepare(path string, blockSize int64, storeID [16]byte, opts Options) (*Pen
 	return &Pending{db: db, tmp: tmp}, nil
 }
 
-// Commit puts the new metastore in place (a hard link, so that one that
-// appeared meanwhile is never replaced: ErrExists) and returns it open.
+// Commit puts the new metastore in place (never replacing one that
+// appeared meanwhile: ErrExists) and returns it open.
 func (p *Pending) Commit() (*DB, error) {
 	if err := syncedRename(p.tmp, p.db.path); err != nil {
 		p.Abort()
@@ -109,34 +111,22 @@ func (p *Pending) Abort() {
 	p.db.Close()
 }
 
-// syncedRename renames and makes the rename durable.
+// syncedRename moves from to to, durably and never replacing a file at
+// to (ErrExists).
 func syncedRename(from, to string) error {
-	if err := os.Link(from, to); err != nil {
+	if err := atomicfile.Move(from, to, atomicfile.Options{NoReplace: true}); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("%w: %s", ErrExists, to)
 		}
 		return err
 	}
-	// Gone already: removed as debris by a command that saw both names
-	// (RemoveCreations).
-	if err := os.Remove(from); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return syncDir(filepath.Dir(to))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // Creation is what a creation of the metastore at a path left under its
 // temporary name: Prepare's file of a process that died before Commit, or
-// after Commit's link but before it removed the name.
+// (on a file system without renameat2, where Commit links) after Commit's
+// link but before it removed the name.
 type Creation struct {
 	Path string
 	// Err is why the file could not be read (a process killed while
@@ -208,7 +198,8 @@ func Creations(path string) ([]Creation, error) {
 
 // removeInPlaceCreations removes the second names of the metastore at
 // path that a creation killed between its link and its removal of the
-// temporary name left: the same file, so nothing needs them.
+// temporary name left (where Commit links: see Creation): the same file,
+// so nothing needs them.
 func removeInPlaceCreations(path string) {
 	names, _ := filepath.Glob(globEscape(path) + creatingSuffix + "*")
 	if len(names) == 0 {

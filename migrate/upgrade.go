@@ -13,6 +13,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/backy/backy/internal/atomicfile"
 	"github.com/backy/backy/metastore"
 )
 
@@ -148,12 +149,12 @@ func upgrade(ctx context.Context, path string, steps []Step, o *Options) (_ stri
 	if err := copyDurable(path, tmp, "copying-backup", o); err != nil {
 		return "", err
 	}
-	if err := os.Rename(tmp, backup); err != nil {
+	if err := atomicfile.Move(tmp, backup, atomicfile.Options{NoDirSync: true}); err != nil {
 		return "", fmt.Errorf("keeping the old database: %w", err)
 	}
 	keptBackup = true
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return "", err
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
+		return "", fmt.Errorf("syncing directory %s: %w", filepath.Dir(path), err)
 	}
 	o.hook("backup")
 	if err := ctx.Err(); err != nil {
@@ -182,18 +183,15 @@ func upgrade(ctx context.Context, path string, steps []Step, o *Options) (_ stri
 		return "", context.Cause(ctx)
 	}
 
-	// 4. The switch: one rename, made durable.
-	if err := syncFile(work); err != nil {
-		return "", err
-	}
-	if err := os.Rename(work, path); err != nil {
+	// 4. The switch: one rename (the file fsynced first), made durable.
+	if err := atomicfile.Move(work, path, atomicfile.Options{NoDirSync: true}); err != nil {
 		return "", fmt.Errorf("replacing the database: %w", err)
 	}
 	o.hook("renamed")
 	// The rename is done and cannot be taken back: a failing directory
 	// sync leaves only its durability in doubt, and a crash then leaves
 	// either database, each consistent, so it is not an error.
-	_ = syncDir(filepath.Dir(path))
+	_ = atomicfile.SyncDir(filepath.Dir(path))
 	o.hook("done")
 	return backup, nil
 }
@@ -341,33 +339,6 @@ func copyDurable(src, dst, stage string, o *Options) (err error) {
 		}
 	}
 	return out.Sync()
-}
-
-func syncFile(name string) error {
-	f, err := os.OpenFile(name, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", name, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 func removeAll(names []string) error {

@@ -26,7 +26,24 @@
 //   - All methods are safe for concurrent use.
 //   - Errors that no retry can fix (no space, permission denied, a bucket
 //     that does not exist) satisfy errors.Is(err, ErrPermanent) as well as
-//     wrapping their cause.
+//     wrapping their cause. Errors that a retry may fix (a timeout, a
+//     server's 5xx, a broken connection) satisfy errors.Is(err,
+//     ErrTransient); only those are retried by the retry wrapper (package
+//     retry). An error that is neither is not retried.
+//
+// # Optional capabilities and wrappers
+//
+// Besides the Backend methods a backend may offer optional capabilities,
+// each an interface of its own: Syncer (deferred durability), BatchDeleter
+// (many deletions in one request), Pager (a listing made of pages) and
+// TempCleaner (removing the debris of killed writers). Wrappers (retry,
+// concurrency and bandwidth limits, fault injection) implement Unwrapper,
+// and callers find a capability with As, which looks through the wrappers.
+// A wrapper that must see every call of some kind (a limit counting
+// requests, the fault injector) either offers the capability itself,
+// applying its policy, or hides it (Hider); As never hands out a
+// capability that would go around such a wrapper. Callers therefore use
+// As, never a plain type assertion, to find a capability.
 package backend
 
 import (
@@ -86,6 +103,8 @@ var (
 	// ErrUnavailable: a remote backend could not be reached (after its
 	// retries). Nothing is known of the object; a later run may succeed.
 	ErrUnavailable = errors.New("backend unavailable")
+	// ErrTransient marks errors that a retry may fix. See Transient.
+	ErrTransient = errors.New("transient backend error")
 )
 
 // Permanent wraps err so that errors.Is(result, ErrPermanent) holds while
@@ -102,6 +121,29 @@ type permanentError struct{ err error }
 func (p permanentError) Error() string { return p.err.Error() }
 func (p permanentError) Unwrap() []error {
 	return []error{p.err, ErrPermanent}
+}
+
+// Transient wraps err so that errors.Is(result, ErrTransient) holds while
+// errors.Is/As still reach err: a backend's way of saying that a retry may
+// succeed.
+func Transient(err error) error {
+	if err == nil {
+		return nil
+	}
+	return transientError{err}
+}
+
+type transientError struct{ err error }
+
+func (t transientError) Error() string { return t.err.Error() }
+func (t transientError) Unwrap() []error {
+	return []error{t.err, ErrTransient}
+}
+
+// Retryable reports whether a retry may fix err: it is marked
+// ErrTransient, and neither ErrPermanent nor ErrNotFound.
+func Retryable(err error) bool {
+	return errors.Is(err, ErrTransient) && !errors.Is(err, ErrPermanent) && !errors.Is(err, ErrNotFound)
 }
 
 // ValidName reports whether name is a valid object name: non-empty, at most
@@ -128,50 +170,4 @@ func ValidName(name string) bool {
 		}
 	}
 	return true
-}
-
-// Syncer is implemented by backends that can defer part of Put's
-// durability (file.Options.DeferDirSync). Once Sync returns nil, every
-// object whose Put returned before the call is durable. Callers that
-// record objects elsewhere (the metastore) call Sync first. Wrappers pass
-// Sync through; a backend whose Put is always durable need not have it.
-type Syncer interface {
-	Sync(ctx context.Context) error
-}
-
-// Sync calls Sync on be, or on the first backend it wraps that has it; it
-// does nothing if none has.
-func Sync(ctx context.Context, be Backend) error {
-	for be != nil {
-		if s, ok := be.(Syncer); ok {
-			return s.Sync(ctx)
-		}
-		u, ok := be.(Unwrapper)
-		if !ok {
-			return nil
-		}
-		be = u.Unwrap()
-	}
-	return nil
-}
-
-// Unwrapper is implemented by wrappers (retry, limits, fault injection) so
-// that an optional capability of an inner backend can be found.
-type Unwrapper interface {
-	Unwrap() Backend
-}
-
-// BatchDeleter is implemented by backends that delete many objects in one
-// request (S3's DeleteObjects). It is looked up on the outermost backend
-// only, never through Unwrap: a wrapper that does not offer it (fault
-// injection) makes callers fall back to Delete.
-type BatchDeleter interface {
-	// DeleteBatch deletes the named objects, at most MaxDeleteBatch of
-	// them. If err is nil, errs has one entry per name: nil when the
-	// object is gone (deleted now, or already missing: a batch cannot
-	// tell the two apart), else why it was not deleted. A non-nil err
-	// failed the whole request and nothing is known of any name.
-	DeleteBatch(ctx context.Context, names []string) (errs []error, err error)
-	// MaxDeleteBatch is the largest number of names DeleteBatch takes.
-	MaxDeleteBatch() int
 }

@@ -7,13 +7,13 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/internal/atomicfile"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/source"
@@ -97,46 +97,23 @@ func exportFile(ctx context.Context, e *env, db *metastore.DB, uids []string, pa
 	if err != nil {
 		return nil, fmt.Errorf("creating the export file: %w", err)
 	}
-	tmp := f.Name()
 	res, err := transfer.Export(ctx, db, uids, f, "backy "+backyVersion())
-	if err == nil {
-		err = f.Sync()
-	}
-	// Put in place while still open: the lock that marks it a live
-	// export's is held until it has its final name.
-	switch {
-	case err != nil:
-	case force:
-		err = os.Rename(tmp, path)
-	default:
-		// No replace: a link fails if the name exists meanwhile.
-		if err = os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
-			err = exists()
-		} else if err == nil {
-			_ = os.Remove(tmp)
-		}
-	}
 	if err != nil {
-		_ = os.Remove(tmp)
+		_ = os.Remove(f.Name())
 		_ = f.Close()
 		return nil, err
 	}
-	if err := f.Close(); err != nil {
-		return nil, err
+	// Put in place while still open (Locked): the lock that marks it a
+	// live export's is held until it has its final name. Without force a
+	// file that appeared meanwhile is not replaced.
+	err = atomicfile.Commit(ctx, f, path, atomicfile.Options{NoReplace: !force, Locked: true})
+	if !force && errors.Is(err, fs.ErrExist) {
+		return nil, exists()
 	}
-	if err := syncDirOf(path); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return res, nil
-}
-
-func syncDirOf(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func cmdImport(e *env) *cli.Command {

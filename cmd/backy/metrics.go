@@ -3,18 +3,16 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/backy/backy/internal/atomicfile"
 	"github.com/backy/backy/metastore"
 )
 
@@ -242,35 +240,12 @@ func lockMetrics(path string) (*os.File, error) {
 	return f, nil
 }
 
-// atomicWrite replaces path with data: temp file in the same directory,
-// fsync, rename, directory fsync. Readers see the old or the new file.
+// atomicWrite replaces path with data, atomically and durably. The
+// temporary file is ".<name>.tmp-<hex>", a name node_exporter ignores
+// (it reads *.prom only).
 func atomicWrite(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	// A name node_exporter ignores (it reads *.prom only).
-	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
+	if err := atomicfile.WriteFile(path, data, atomicfile.Options{Perm: 0o644}); err != nil {
 		return fmt.Errorf("metrics file: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("metrics file: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/file"
 	"github.com/backy/backy/blockstore/backend/s3"
+	"github.com/backy/backy/blockstore/backend/stack"
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
@@ -231,8 +232,10 @@ func (e *env) openData(ctx context.Context, s *store) error {
 	return nil
 }
 
-// newBackend builds the configured data backend. This is the one place
-// where backends (and, later, their wrappers) are assembled.
+// newBackend builds the configured data backend: the file backend in the
+// stack of wrappers of its simultaneous_* limits, or the S3 backend, which
+// builds its stack (retries, limits) from its options itself. Both stacks
+// are assembled by package stack, the one place that knows their order.
 func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, create bool) (backend.Backend, error) {
 	switch cfg.Data.Type {
 	case "file":
@@ -243,7 +246,14 @@ func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, creat
 		}
 		// Directory syncs are batched per commit: the backup engine
 		// flushes before it records blocks in the metastore.
-		return file.NewWithOptions(cfg.Data.Path, file.Options{DeferDirSync: true})
+		fb, err := file.NewWithOptions(cfg.Data.Path, file.Options{DeferDirSync: true})
+		if err != nil {
+			return nil, err
+		}
+		return stack.Wrap(fb, stack.Options{
+			SimultaneousReads:  cfg.Data.SimultaneousReads,
+			SimultaneousWrites: cfg.Data.SimultaneousWrites,
+		}), nil
 	case "s3":
 		c := cfg.Data.S3
 		return s3.New(ctx, s3.Options{

@@ -36,7 +36,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -46,7 +45,6 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
-	"github.com/backy/backy/blockstore/backend/file"
 	"github.com/backy/backy/internal/block"
 	"github.com/backy/backy/metastore"
 )
@@ -54,7 +52,8 @@ import (
 // Options configures a cleanup.
 type Options struct {
 	// Orphans also sweeps the backend for objects the metastore does not
-	// know (and stale temporary files of the file backend).
+	// know (and the stale temporary files of a backend that has them,
+	// backend.TempCleaner: the file backend's).
 	Orphans bool
 	// NoWait makes the orphan sweep fail with metastore.ErrLocked instead
 	// of waiting when a backup or migration is running.
@@ -109,7 +108,7 @@ type OrphanResult struct {
 	// Kept counts unrecorded objects left because a version known only
 	// to the backend uses them (Options.Keep).
 	Kept int64 `json:"kept_for_backend_versions"`
-	// TempFiles counts stale temporary files of the file backend removed.
+	// TempFiles counts the stale temporary files removed (backend.TempCleaner).
 	TempFiles int `json:"temp_files_removed"`
 	// Passes is the number of scans of the block records.
 	Passes int `json:"passes"`
@@ -271,7 +270,7 @@ func (c *cleaner) deleteObjects(ctx context.Context, names []block.Name, deleted
 	var first error
 	g := new(errgroup.Group)
 	g.SetLimit(c.o.Workers)
-	if bd, ok := c.be.(backend.BatchDeleter); ok && len(names) > 1 {
+	if bd, ok := backend.As[backend.BatchDeleter](c.be); ok && len(names) > 1 {
 		size := max(1, bd.MaxDeleteBatch())
 		for lo := 0; lo < len(names); lo += size {
 			if ctx.Err() != nil {
@@ -346,11 +345,11 @@ func (c *cleaner) deleteObjects(ctx context.Context, names []block.Name, deleted
 // orphans sweeps the backend; the caller holds the writers lock
 // exclusively.
 func (c *cleaner) orphans(ctx context.Context, res *OrphanResult) error {
-	if fb := fileBackend(c.be); fb != nil {
+	if tc, ok := backend.As[backend.TempCleaner](c.be); ok {
 		// No writer runs, so every temporary file under blocks/ is debris
 		// of one killed in mid-Put (other prefixes are left alone: key
 		// registrations are written by writers before they lock).
-		n, err := file.CleanTemp(filepath.Join(fb.Root(), strings.TrimSuffix(blockstore.BlockPrefix, "/")), 0)
+		n, err := tc.CleanTemp(ctx, blockstore.BlockPrefix, 0)
 		res.TempFiles = n
 		if err != nil {
 			return err
@@ -460,19 +459,4 @@ func (c *cleaner) deleteOrphans(ctx context.Context, cands []candidate, res *Orp
 	})
 	res.Objects += n
 	return err
-}
-
-// fileBackend finds the file backend be is or wraps.
-func fileBackend(be backend.Backend) *file.Backend {
-	for be != nil {
-		if fb, ok := be.(*file.Backend); ok {
-			return fb
-		}
-		u, ok := be.(backend.Unwrapper)
-		if !ok {
-			return nil
-		}
-		be = u.Unwrap()
-	}
-	return nil
 }

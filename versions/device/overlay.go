@@ -50,6 +50,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/backy/backy/internal/atomicfile"
 )
 
 // ErrOverlay: a durable overlay's journal is damaged or does not match
@@ -233,44 +235,10 @@ func (d *Device) saveMap(dirty []uint64) error {
 	if err != nil {
 		return err
 	}
-	tmp := u.path(mapTmpExt)
-	if err := writeSynced(tmp, b); err != nil {
-		return fmt.Errorf("writing the copy-on-write journal: %w", err)
-	}
-	if err := os.Rename(tmp, u.path(mapExt)); err != nil {
-		return fmt.Errorf("writing the copy-on-write journal: %w", err)
-	}
-	if err := syncDir(u.dir); err != nil {
+	if err := atomicfile.WriteFile(u.path(mapExt), b, atomicfile.Options{Temp: u.path(mapTmpExt)}); err != nil {
 		return fmt.Errorf("writing the copy-on-write journal: %w", err)
 	}
 	return nil
-}
-
-func writeSynced(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // removeDurable removes the overlay's files (journal first: a data file
@@ -282,7 +250,7 @@ func (u *durable) remove() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := syncDir(u.dir); err != nil {
+	if err := atomicfile.SyncDir(u.dir); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

@@ -1,13 +1,16 @@
 package source
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/backy/backy/internal/atomicfile"
 )
 
 // Target is where a restore writes. Create it with CreateTarget; finish
@@ -144,36 +147,28 @@ func (t *Target) Zero(off, n int64, sparse bool, zeros []byte) error {
 // Commit makes the restored data durable and, for a new file, moves it to
 // its final name (refusing to replace a file that appeared meanwhile).
 func (t *Target) Commit() error {
-	if err := t.f.Sync(); err != nil {
-		t.Abort()
-		return fmt.Errorf("syncing target %s: %w", t.path, err)
-	}
-	if t.tmp != "" {
-		// Renamed while open: the lock that marks it a live restore's
-		// is held until it has its final name.
-		if err := unix.Renameat2(unix.AT_FDCWD, t.tmp, unix.AT_FDCWD, t.path, unix.RENAME_NOREPLACE); err != nil {
+	if t.tmp == "" {
+		// An existing file or device, written in place.
+		if err := t.f.Sync(); err != nil {
 			t.Abort()
-			if errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("%w: %s appeared during the restore", ErrTargetExists, t.path)
-			}
-			return fmt.Errorf("moving restored file to %s: %w", t.path, err)
+			return fmt.Errorf("syncing target %s: %w", t.path, err)
 		}
-		t.tmp = ""
-	}
-	if err := t.f.Close(); err != nil {
+		err := t.f.Close()
 		t.f = nil
-		return fmt.Errorf("closing target %s: %w", t.path, err)
-	}
-	t.f = nil
-	if t.Existing {
+		if err != nil {
+			return fmt.Errorf("closing target %s: %w", t.path, err)
+		}
 		return nil
 	}
-	if d, err := os.Open(filepath.Dir(t.path)); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("syncing directory of %s: %w", t.path, err)
-		}
+	// Renamed while open (Locked): the lock that marks it a live
+	// restore's is held until it has its final name.
+	err := atomicfile.Commit(context.Background(), t.f, t.path, atomicfile.Options{NoReplace: true, Locked: true})
+	t.f, t.tmp = nil, ""
+	switch {
+	case errors.Is(err, fs.ErrExist):
+		return fmt.Errorf("%w: %s appeared during the restore", ErrTargetExists, t.path)
+	case err != nil:
+		return fmt.Errorf("putting the restored file in place at %s: %w", t.path, err)
 	}
 	return nil
 }

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/atomicfile"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 )
@@ -75,13 +75,13 @@ func Adopt(ctx context.Context, dbPath string, be backend.Backend, fn func(*meta
 	if err != nil {
 		return err
 	}
-	// A link never replaces: a metastore made meanwhile wins, and this
-	// one is dropped.
-	if err := os.Link(tmp, dbPath); err != nil {
+	// Never replacing: a metastore made meanwhile wins, and this one is
+	// dropped.
+	if err := atomicfile.Move(tmp, dbPath, atomicfile.Options{NoReplace: true}); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("%w: %s appeared meanwhile (nothing was imported; run the import again)", metastore.ErrExists, dbPath)
 		}
 		return fmt.Errorf("putting the new metastore in place: %w", err)
 	}
-	return syncDir(filepath.Dir(dbPath))
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/keyring"
+	"github.com/backy/backy/internal/atomicfile"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/manifest"
@@ -221,24 +222,12 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 		}
 		res.KeptAside = aside
 	}
-	if err := os.Rename(tmp, dbPath); err != nil {
+	if err := atomicfile.Move(tmp, dbPath, atomicfile.Options{}); err != nil {
 		_ = os.Remove(tmp)
 		return nil, fmt.Errorf("putting the rebuilt metastore in place: %w", err)
 	}
-	if err := syncDir(filepath.Dir(dbPath)); err != nil {
-		return nil, err
-	}
 	res.DurationSeconds = time.Since(start).Seconds()
 	return res, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // rebuildInto fills the empty metastore db from the backend.

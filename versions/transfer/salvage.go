@@ -4,10 +4,10 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 
+	"github.com/backy/backy/internal/atomicfile"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/manifest"
 )
@@ -116,11 +116,10 @@ func (InProcess) Export(ctx context.Context, path string, uids []string, dir str
 // exportSalvaged writes the stream of v, read from s, to path: under a
 // temporary name, renamed when complete.
 func exportSalvaged(s *metastore.Salvage, info manifest.StoreInfo, keys []manifest.KeyReg, v *metastore.Version, path string) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	f, err := atomicfile.Create(path, atomicfile.Options{})
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
 	mw, err := manifest.NewWriter(f, info, keys)
 	if err == nil {
 		c := *v
@@ -138,15 +137,9 @@ func exportSalvaged(s *metastore.Salvage, info manifest.StoreInfo, keys []manife
 	if err == nil {
 		err = mw.Close()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
 	if err != nil {
-		_ = os.Remove(tmp)
+		f.Abort()
 		return err
 	}
-	return nil
+	return f.Commit(context.Background())
 }

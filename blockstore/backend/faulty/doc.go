@@ -8,4 +8,10 @@
 // that a scripted fault was never reached. Without faults the wrapper is
 // transparent: it passes the backendtest conformance suite. It is safe for
 // concurrent use.
+//
+// It implements backend.Unwrapper, so that Sync and temp cleanup of the
+// wrapped backend are found through it, and backend.Hider: it hides the
+// wrapped backend's batch deletes and paged listings, which would go
+// around its faults. It must never let a call reach the wrapped backend
+// without counting it.
 package faulty

@@ -52,6 +52,7 @@ type Backend struct {
 var (
 	_ backend.Backend   = (*Backend)(nil)
 	_ backend.Unwrapper = (*Backend)(nil)
+	_ backend.Hider     = (*Backend)(nil)
 )
 
 // New wraps inner. Without faults every call goes to inner unchanged.
@@ -61,6 +62,18 @@ func New(inner backend.Backend) *Backend {
 
 // Unwrap returns the wrapped backend.
 func (b *Backend) Unwrap() backend.Backend { return b.inner }
+
+// Hides hides the capabilities that would go around the wrapper's faults:
+// batch deletes and paged listings of the wrapped backend, so that tests
+// see (and can fail) every single Delete and List. Sync and temp cleanup
+// pass through (backend.As finds them below).
+func (b *Backend) Hides(capability any) bool {
+	switch capability.(type) {
+	case *backend.BatchDeleter, *backend.Pager:
+		return true
+	}
+	return false
+}
 
 // Fault is one scripted failure of a method, configured by chaining its
 // methods on the result of AddFault:

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/atomicfile"
 )
 
 // chunkSize is how much Put writes and Get reads between two checks of ctx.
@@ -48,9 +49,11 @@ type Options struct {
 	DeferDirSync bool
 }
 
-var _ backend.Syncer = (*Backend)(nil)
-
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend     = (*Backend)(nil)
+	_ backend.Syncer      = (*Backend)(nil)
+	_ backend.TempCleaner = (*Backend)(nil)
+)
 
 // osOps are the operating-system calls of Put and Delete. Tests replace
 // them to inject failures (a full disk, a failing fsync) that are hard to
@@ -74,7 +77,7 @@ var defaultOps = osOps{
 	closeFile:  func(f *os.File) error { return f.Close() },
 	rename:     os.Rename,
 	remove:     os.Remove,
-	syncDir:    syncDir,
+	syncDir:    atomicfile.SyncDir,
 }
 
 // New returns a backend storing its objects below root, which it creates
@@ -121,7 +124,7 @@ func (b *Backend) path(name string) string {
 
 // Put stores data under name: it writes a temporary file in the target
 // directory, fsyncs it, renames it over name and fsyncs the directory.
-func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error) {
+func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
 	if !backend.ValidName(name) {
 		return badName("put", name)
 	}
@@ -131,6 +134,7 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	path := b.path(name)
 	dir := filepath.Dir(path)
 	var f *os.File
+	var err error
 	for attempt := 0; ; attempt++ {
 		// A concurrent Delete may prune the directory (or a parent) while
 		// it is being made or before the temporary file is: make it again.
@@ -144,50 +148,30 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	if err != nil {
 		return opErr("put", name, err)
 	}
-	tmp := f.Name()
-	closed, renamed := false, false
-	defer func() {
-		if err == nil {
-			return
-		}
-		if !closed {
-			f.Close()
-		}
-		if !renamed {
-			os.Remove(tmp)
-		}
-		err = opErr("put", name, err)
-	}()
-
 	for p := data; len(p) > 0; {
-		if err := ctx.Err(); err != nil {
-			return err
+		err := ctx.Err()
+		if err == nil {
+			n := min(len(p), chunkSize)
+			var w int
+			if w, err = b.ops.write(f, p[:n]); err == nil && w != n {
+				err = fmt.Errorf("write %s: %w", f.Name(), io.ErrShortWrite)
+			}
+			p = p[n:]
 		}
-		n := min(len(p), chunkSize)
-		w, err := b.ops.write(f, p[:n])
 		if err != nil {
-			return err
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+			return opErr("put", name, err)
 		}
-		if w != n {
-			return fmt.Errorf("write %s: %w", tmp, io.ErrShortWrite)
-		}
-		p = p[n:]
 	}
-	if err := b.ops.syncFile(f); err != nil {
-		return err
+	// fsync, close, a last look at ctx, rename; the directory is synced
+	// below (or by Sync).
+	err = atomicfile.Commit(ctx, f, path, atomicfile.Options{NoDirSync: true, Ops: &atomicfile.Ops{
+		Sync: b.ops.syncFile, Close: b.ops.closeFile, Rename: b.ops.rename,
+	}})
+	if err != nil {
+		return opErr("put", name, err)
 	}
-	closed = true
-	if err := b.ops.closeFile(f); err != nil {
-		return err
-	}
-	// Last chance to give up: after the rename the object is visible.
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := b.ops.rename(tmp, path); err != nil {
-		return err
-	}
-	renamed = true
 	if b.deferDirSync {
 		b.mu.Lock()
 		b.pendingDirs[dir] = true
@@ -197,7 +181,7 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) (err error)
 	// Gone already: a concurrent Delete of the same name removed the
 	// object and pruned the directory; that Put was complete.
 	if err := b.ops.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return opErr("put", name, err)
 	}
 	return nil
 }
@@ -445,12 +429,38 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info)
 	return nil
 }
 
+// CleanTemp removes the temporary files of Puts of names starting with
+// prefix ("blocks/", or "" for all) that are older than olderThan: the
+// debris of writers killed in mid-Put (backend.TempCleaner). See the
+// function CleanTemp.
+func (b *Backend) CleanTemp(ctx context.Context, prefix string, olderThan time.Duration) (int, error) {
+	dir := strings.TrimSuffix(prefix, "/")
+	if prefix != "" && (!strings.HasSuffix(prefix, "/") || !backend.ValidName(dir)) {
+		return 0, fmt.Errorf("file backend: clean temporary files under %q: %w (want a prefix ending in '/')", prefix, backend.ErrBadName)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("file backend: clean temporary files: %w", err)
+	}
+	root := b.root
+	if dir != "" {
+		root = b.path(dir)
+		if _, err := os.Stat(root); isNotExist(err) {
+			return 0, nil // nothing was ever written there
+		}
+	}
+	return cleanTemp(ctx, root, olderThan)
+}
+
 // CleanTemp removes the temporary files below root that are older than
 // olderThan: the debris of writers killed in mid-Put. It returns how many
 // it removed. Pass an age well above the longest Put (an hour, say), so as
 // not to pull a temporary file from under a live writer, whose Put would
 // then fail. It keeps going after an error and returns the first one.
 func CleanTemp(root string, olderThan time.Duration) (int, error) {
+	return cleanTemp(context.Background(), root, olderThan)
+}
+
+func cleanTemp(ctx context.Context, root string, olderThan time.Duration) (int, error) {
 	cutoff := time.Now().Add(-olderThan)
 	removed := 0
 	var first error
@@ -460,6 +470,9 @@ func CleanTemp(root string, olderThan time.Duration) (int, error) {
 		}
 	}
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
 		if err != nil {
 			if !isNotExist(err) || path == root {
 				note(err)

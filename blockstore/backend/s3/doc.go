@@ -28,16 +28,28 @@
 //     HeadBucket before it is reported as backend.ErrNotFound: a deleted
 //     or misnamed bucket must never look like missing blocks, which the
 //     layers above would mark invalid (it is ErrNoBucket instead).
-//   - Retries: the SDK's own retryer is off; one loop here retries
-//     transient failures only (connection errors, timeouts, HTTP 5xx, 429,
-//     throttling, checksum mismatches, short bodies) up to MaxAttempts
-//     times with exponential backoff and full jitter. Errors no retry can
-//     fix (access denied, bad credentials, a missing bucket, a malformed
-//     request) fail at once and are backend.Permanent; credential errors
-//     also wrap fs.ErrPermission.
+//   - Retries: the SDK's own retryer is off. Each call of the bucket's
+//     client is one attempt, bounded by RequestTimeout, whose failure is
+//     classified: transient failures (connection errors, timeouts, HTTP
+//     5xx, 429, throttling, checksum mismatches, short bodies) are marked
+//     backend.ErrTransient, and those with no answer from the server also
+//     backend.ErrUnavailable; errors no retry can fix (access denied, bad
+//     credentials, a missing bucket, a malformed request) are
+//     backend.Permanent, and credential errors also wrap fs.ErrPermission.
+//     The retry wrapper (package retry) retries the transient ones for
+//     RetryFor, at most MaxAttempts times, with exponential backoff and
+//     full jitter; the message of a server given up says how long.
 //   - Concurrency is bounded by SimultaneousReads (Get, Stat, List pages)
-//     and SimultaneousWrites (Put, Delete); optional bandwidth limits
-//     pace request bodies in bytes per second.
+//     and SimultaneousWrites (Put, Delete, DeleteBatch), and optional
+//     bandwidth limits pace request bodies in bytes per second: the
+//     wrappers of package limit.
+//
+// New assembles the client and those wrappers with package stack (the
+// order is stack's) from the Options, and probes the bucket under the
+// retry policy. Listings are paged (backend.Pager), so that a listing of
+// many pages is retried page by page. What stays S3's own is above the
+// stack: a body that mismatches its stored checksum on every attempt is
+// handed on by Backend.Get, and DeleteBatch goes through the stack.
 //
 // DeleteBatch (backend.BatchDeleter) removes up to 1000 objects in one
 // DeleteObjects request; cleanup uses it.

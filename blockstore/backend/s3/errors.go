@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"syscall"
@@ -154,127 +153,84 @@ func (e deniedError) Unwrap() []error {
 	return []error{fs.ErrPermission, e.err}
 }
 
-// opErr wraps err with the operation, name and location, and marks what
-// no retry fixes: denied access wraps fs.ErrPermission, and every HTTP 4xx
-// but a missing object is permanent.
-func (b *Backend) opErr(op, name string, err error) error {
-	// How long the request was retried, for the message; the retry
-	// loop's wrapper itself goes.
-	tries := ""
-	if g, ok := err.(*gaveUp); ok {
-		plural := "s"
-		if g.attempts == 1 {
-			plural = ""
-		}
-		tries = fmt.Sprintf(" after %d attempt%s in %v", g.attempts, plural, g.elapsed().Round(100*time.Millisecond))
-		err = g.err
+// opError is the error of one attempt of a request: the operation, the
+// object and the classified cause. It says whether a retry may fix it
+// (backend.ErrTransient) and, when no answer came from the server, that
+// the server cannot be reached (backend.ErrUnavailable); as a
+// retry.Reporter it tells, in that case, how long it was retried.
+type opError struct {
+	op, name  string
+	err       error
+	where     string // the endpoint when it could not be reached, else ""
+	tries     string // " after N attempts in T", once given up
+	transient bool
+}
+
+func (e *opError) Error() string {
+	if e.where != "" {
+		return fmt.Sprintf("s3 backend: %s %q: %v: cannot reach %s%s (is the server up? check [DataBackend] endpoint; retry_for sets how long backy retries): %v",
+			e.op, e.name, backend.ErrUnavailable, e.where, e.tries, e.err)
 	}
-	switch {
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		var at *attemptTimeout
-		if errors.As(err, &at) {
-			break
-		}
-		return fmt.Errorf("s3 backend: %s %q: %w", op, name, err)
-	case errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrPermanent):
-		return fmt.Errorf("s3 backend: %s %q: %w", op, name, err)
+	return fmt.Sprintf("s3 backend: %s %q: %v", e.op, e.name, e.err)
+}
+
+func (e *opError) Unwrap() []error {
+	errs := []error{e.err}
+	if e.where != "" {
+		errs = append(errs, backend.ErrUnavailable)
+	}
+	if e.transient {
+		errs = append(errs, backend.ErrTransient)
+	}
+	return errs
+}
+
+// Retried puts the attempts and the time into the message of a server
+// that could not be reached.
+func (e *opError) Retried(attempts int, elapsed time.Duration) error {
+	if e.where == "" {
+		return e
+	}
+	plural := "s"
+	if attempts == 1 {
+		plural = ""
+	}
+	c := *e
+	c.tries = fmt.Sprintf(" after %d attempt%s in %v", attempts, plural, elapsed.Round(100*time.Millisecond))
+	return &c
+}
+
+// opErr wraps err with the operation and name, and classifies it: denied
+// access wraps fs.ErrPermission, and every HTTP 4xx but a missing object
+// is permanent; what a retry may fix is transient, and no answer at all
+// is unavailable too.
+func (b *bucket) opErr(op, name string, err error) error {
+	e := &opError{op: op, name: name, err: err}
+	var at *attemptTimeout
+	if (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && !errors.As(err, &at) {
+		return e // the caller's context ended
+	}
+	if errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrPermanent) {
+		return e
 	}
 	code, status := errorCode(err)
 	switch {
 	case deniedCodes[code] || status == http.StatusForbidden:
-		err = backend.Permanent(deniedError{fmt.Errorf("access denied by %s (check the credentials and their permissions on bucket %q): %w", b.endpointName(), b.o.Bucket, err)})
+		e.err = backend.Permanent(deniedError{fmt.Errorf("access denied by %s (check the credentials and their permissions on bucket %q): %w", b.endpointName(), b.o.Bucket, err)})
+		return e
 	case status >= 400 && status < 500 && !transient(err):
-		err = backend.Permanent(err)
+		e.err = backend.Permanent(err)
+		return e
 	case status == 0 && unreachable(err):
-		err = fmt.Errorf("%w: cannot reach %s%s (is the server up? check [DataBackend] endpoint; retry_for sets how long backy retries): %w", backend.ErrUnavailable, b.endpointName(), tries, err)
+		e.where = b.endpointName()
 	}
-	return fmt.Errorf("s3 backend: %s %q: %w", op, name, err)
+	e.transient = transient(err)
+	return e
 }
 
-func (b *Backend) endpointName() string {
+func (b *bucket) endpointName() string {
 	if b.o.Endpoint != "" {
 		return b.o.Endpoint
 	}
 	return "S3 (region " + b.o.Region + ")"
-}
-
-// gaveUp carries how long a request was retried to opErr.
-type gaveUp struct {
-	attempts   int
-	start, end time.Time
-	err        error
-}
-
-func (g *gaveUp) Error() string                     { return g.err.Error() }
-func (g *gaveUp) Unwrap() error                     { return g.err }
-func (g *gaveUp) elapsed() time.Duration            { return g.end.Sub(g.start) }
-func (g *gaveUp) with(start, end time.Time) *gaveUp { g.start, g.end = start, end; return g }
-
-// retryPolicy retries transient errors with exponential backoff and full
-// jitter until the budget (time since the first attempt) is spent, and
-// at most attempts times when attempts > 0.
-type retryPolicy struct {
-	attempts  int
-	budget    time.Duration
-	base, max time.Duration
-	// sleep waits d or until ctx ends; nil is a timer (tests replace it).
-	sleep func(ctx context.Context, d time.Duration) error
-	// now is the clock; nil is time.Now (tests replace it).
-	now func() time.Time
-}
-
-// run calls attempt (with the attempt number from 0) until it succeeds,
-// fails permanently, the budget or the attempts are used up, or ctx ends.
-// A backoff that would end past the budget is cut short, so the last
-// attempt comes when the budget is spent. It returns the attempts made.
-func (p retryPolicy) run(ctx context.Context, attempt func(n int) error) (int, error) {
-	now := p.now
-	if now == nil {
-		now = time.Now
-	}
-	start := now()
-	deadline := start.Add(p.budget)
-	var err error
-	for n := 0; ; n++ {
-		err = attempt(n)
-		if err == nil {
-			return n + 1, nil
-		}
-		if ctx.Err() != nil {
-			return n + 1, fmt.Errorf("%w (after: %v)", ctx.Err(), err)
-		}
-		t := now()
-		if !transient(err) || (p.attempts > 0 && n+1 >= p.attempts) || !t.Before(deadline) {
-			return n + 1, (&gaveUp{attempts: n + 1, err: err}).with(start, t)
-		}
-		d := min(p.backoff(n), deadline.Sub(t))
-		if serr := p.wait(ctx, d); serr != nil {
-			return n + 1, fmt.Errorf("%w (after: %v)", serr, err)
-		}
-	}
-}
-
-// backoff returns a random delay in [0, min(max, base*2^n)].
-func (p retryPolicy) backoff(n int) time.Duration {
-	ceil := p.max
-	if n < 30 {
-		if d := p.base << n; d > 0 && d < ceil {
-			ceil = d
-		}
-	}
-	return time.Duration(rand.Int64N(int64(ceil) + 1))
-}
-
-func (p retryPolicy) wait(ctx context.Context, d time.Duration) error {
-	if p.sleep != nil {
-		return p.sleep(ctx, d)
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

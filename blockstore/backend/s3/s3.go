@@ -25,6 +25,8 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/blockstore/backend/retry"
+	"github.com/backy/backy/blockstore/backend/stack"
 )
 
 // Options configure an S3 backend. Bucket is required; every other field
@@ -89,23 +91,34 @@ type Options struct {
 	BaseBackoff, MaxBackoff time.Duration
 }
 
-// Backend is an S3 data backend. It is safe for concurrent use.
+// Backend is an S3 data backend: the bucket's client (one request per
+// call) in its stack of wrappers (package stack: concurrency limits,
+// retries, bandwidth limits), built from the Options. It is safe for
+// concurrent use.
 type Backend struct {
+	stack  backend.Backend
+	bucket *bucket
+}
+
+// bucket is the client of one bucket: every call is one request (two for
+// Delete, and a probe of the bucket after a 404), one attempt, bounded by
+// RequestTimeout, its failure classified (transient or permanent). It
+// neither retries nor limits; the stack around it does.
+type bucket struct {
 	o        Options
 	client   *s3.Client
 	root     string // "" or the prefix with a trailing '/'
 	location string
-	reads    chan struct{}
-	writes   chan struct{}
-	readBW   *limiter
-	writeBW  *limiter
-	retry    retryPolicy
 	http     *http.Client // the custom client, if any
 }
 
 var (
 	_ backend.Backend      = (*Backend)(nil)
 	_ backend.BatchDeleter = (*Backend)(nil)
+	_ backend.Unwrapper    = (*Backend)(nil)
+	_ backend.Backend      = (*bucket)(nil)
+	_ backend.BatchDeleter = (*bucket)(nil)
+	_ backend.Pager        = (*bucket)(nil)
 )
 
 // DefaultRetryFor is the default of Options.RetryFor.
@@ -124,18 +137,38 @@ const maxDeleteBatch = 1000
 // exists and that the credentials may use it (HeadBucket), so that a
 // mistake in the configuration is reported before any work starts.
 func New(ctx context.Context, o Options) (*Backend, error) {
-	b, err := newBackend(ctx, o)
+	bk, err := newBucket(ctx, o)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.checkBucket(ctx); err != nil {
+	so := bk.stackOptions()
+	b := &Backend{stack: stack.Wrap(bk, so), bucket: bk}
+	if err := retry.Do(ctx, *so.Retry, bk.checkBucket); err != nil {
 		_ = b.Close()
 		return nil, err
 	}
 	return b, nil
 }
 
-func newBackend(ctx context.Context, o Options) (*Backend, error) {
+// stackOptions are the wrappers of the bucket, from its options (with
+// their defaults applied).
+func (b *bucket) stackOptions() stack.Options {
+	return stack.Options{
+		Retry: &retry.Options{
+			For:         max(b.o.RetryFor, 0),
+			MaxAttempts: b.o.MaxAttempts,
+			BaseBackoff: b.o.BaseBackoff,
+			MaxBackoff:  b.o.MaxBackoff,
+			Logger:      b.o.Logger,
+		},
+		SimultaneousReads:  b.o.SimultaneousReads,
+		SimultaneousWrites: b.o.SimultaneousWrites,
+		BandwidthRead:      b.o.BandwidthRead,
+		BandwidthWrite:     b.o.BandwidthWrite,
+	}
+}
+
+func newBucket(ctx context.Context, o Options) (*bucket, error) {
 	if o.Bucket == "" {
 		return nil, errors.New("s3 backend: no bucket given")
 	}
@@ -164,10 +197,10 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 		o.Logger = slog.Default()
 	}
 	if o.BaseBackoff <= 0 {
-		o.BaseBackoff = 100 * time.Millisecond
+		o.BaseBackoff = retry.DefaultBaseBackoff
 	}
 	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = 10 * time.Second
+		o.MaxBackoff = retry.DefaultMaxBackoff
 	}
 	root := strings.Trim(o.Prefix, "/")
 	if root != "" {
@@ -246,84 +279,121 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		so.DisableLogOutputChecksumValidationSkipped = true
 	})
-	b := &Backend{
+	b := &bucket{
 		o:        o,
 		client:   client,
 		root:     root,
 		location: location,
-		reads:    make(chan struct{}, o.SimultaneousReads),
-		writes:   make(chan struct{}, o.SimultaneousWrites),
-		readBW:   newLimiter(o.BandwidthRead),
-		writeBW:  newLimiter(o.BandwidthWrite),
-		retry:    retryPolicy{attempts: o.MaxAttempts, budget: max(o.RetryFor, 0), base: o.BaseBackoff, max: o.MaxBackoff},
 		http:     custom,
 	}
 	return b, nil
 }
 
+// Unwrap returns the stack of wrappers around the bucket.
+func (b *Backend) Unwrap() backend.Backend { return b.stack }
+
 // Properties describes the backend.
-func (b *Backend) Properties() backend.Properties {
+func (b *Backend) Properties() backend.Properties { return b.stack.Properties() }
+
+// Close releases idle connections of a custom transport.
+func (b *Backend) Close() error { return b.stack.Close() }
+
+// Put stores data under name with one PutObject carrying its CRC-32C.
+func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
+	return b.stack.Put(ctx, name, data)
+}
+
+// Get reads the whole object into buf. The body must be exactly
+// Content-Length bytes and match the CRC-32C the server stored with it (if
+// it sends one); otherwise the GET is retried. If every attempt brings a
+// body that does not match its stored checksum, the last body is returned
+// anyway, with a notice: the object itself (or its stored checksum) is
+// damaged, and the caller's own verification (AEAD tag, BLAKE3) is the
+// judge of what it got, so that a damaged block is reported as such
+// rather than as an I/O error.
+func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, error) {
+	out, err := b.stack.Get(ctx, name, buf)
+	if err != nil && errors.Is(err, errChecksum) && ctx.Err() == nil {
+		b.bucket.o.Logger.Info("s3 backend: an object does not match its stored checksum on any attempt; passing it on for verification",
+			"object", name, "location", b.bucket.location, "error", err)
+		return out, nil
+	}
+	if err != nil {
+		return buf[:0], err
+	}
+	return out, nil
+}
+
+// Stat returns the object's size and modification time (HeadObject).
+func (b *Backend) Stat(ctx context.Context, name string) (backend.Info, error) {
+	return b.stack.Stat(ctx, name)
+}
+
+// List calls fn for every object whose name starts with prefix, one page
+// of ListObjectsV2 at a time (each page retried on its own).
+func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info) error) error {
+	return b.stack.List(ctx, prefix, fn)
+}
+
+// Delete removes the object; a missing object is ErrNotFound.
+func (b *Backend) Delete(ctx context.Context, name string) error {
+	return b.stack.Delete(ctx, name)
+}
+
+// MaxDeleteBatch is the most names DeleteBatch takes (S3's limit).
+func (b *Backend) MaxDeleteBatch() int { return maxDeleteBatch }
+
+// DeleteBatch deletes up to 1000 objects with one DeleteObjects request,
+// through the stack (limited and retried like every write).
+func (b *Backend) DeleteBatch(ctx context.Context, names []string) ([]error, error) {
+	bd, ok := backend.As[backend.BatchDeleter](b.stack)
+	if !ok {
+		return nil, fmt.Errorf("s3 backend: delete %d objects: no batch delete in the stack", len(names))
+	}
+	return bd.DeleteBatch(ctx, names)
+}
+
+// Properties describes the bucket.
+func (b *bucket) Properties() backend.Properties {
 	return backend.Properties{Location: b.location, Connections: max(b.o.SimultaneousReads, b.o.SimultaneousWrites)}
 }
 
 // Close releases idle connections of a custom transport.
-func (b *Backend) Close() error {
+func (b *bucket) Close() error {
 	if b.http != nil {
 		b.http.CloseIdleConnections()
 	}
 	return nil
 }
 
-func (b *Backend) key(name string) string { return b.root + name }
+func (b *bucket) key(name string) string { return b.root + name }
 
-// acquire takes a slot of sem, or fails when ctx ends first.
-func acquire(ctx context.Context, sem chan struct{}) error {
-	select {
-	case sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// do runs one request with the slot discipline and the retry policy:
-// attempt is called with a context bounded by RequestTimeout and its
-// error classified; transient errors are retried after a backoff.
-func (b *Backend) do(ctx context.Context, sem chan struct{}, op, name string, attempt func(ctx context.Context) error) error {
+// call makes one attempt of a request: fn is called with a context
+// bounded by RequestTimeout, and its error classified (opErr).
+func (b *bucket) call(ctx context.Context, op, name string, fn func(ctx context.Context) error) error {
 	if err := ctx.Err(); err != nil {
 		return b.opErr(op, name, err)
 	}
-	if err := acquire(ctx, sem); err != nil {
-		return b.opErr(op, name, err)
+	actx, cancel := context.WithTimeout(ctx, b.o.RequestTimeout)
+	defer cancel()
+	err := fn(actx)
+	if err == nil {
+		return nil
 	}
-	defer func() { <-sem }()
-	tries, err := b.retry.run(ctx, func(n int) error {
-		actx, cancel := context.WithTimeout(ctx, b.o.RequestTimeout)
-		defer cancel()
-		err := attempt(actx)
-		if err != nil && ctx.Err() == nil && actx.Err() != nil {
-			// Our per-attempt timeout, not the caller's: transient.
-			err = &attemptTimeout{after: b.o.RequestTimeout, err: err}
-		}
-		return err
-	})
-	if err != nil {
-		b.o.Logger.Debug("s3 backend: request failed", "op", op, "object", name, "attempts", tries, "err", err)
-		return b.opErr(op, name, err)
+	if ctx.Err() == nil && actx.Err() != nil {
+		// Our per-attempt timeout, not the caller's: transient.
+		err = &attemptTimeout{after: b.o.RequestTimeout, err: err}
 	}
-	return nil
+	return b.opErr(op, name, err)
 }
 
 // Put stores data under name with one PutObject carrying its CRC-32C.
-func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
+func (b *bucket) Put(ctx context.Context, name string, data []byte) error {
 	if !backend.ValidName(name) {
 		return badName("put", name)
 	}
 	crc := crcBase64(data)
-	return b.do(ctx, b.writes, "put", name, func(ctx context.Context) error {
-		if err := b.writeBW.wait(ctx, len(data)); err != nil {
-			return err
-		}
+	return b.call(ctx, "put", name, func(ctx context.Context) error {
 		in := &s3.PutObjectInput{
 			Bucket:            aws.String(b.o.Bucket),
 			Key:               aws.String(b.key(name)),
@@ -340,20 +410,17 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
 	})
 }
 
-// Get reads the whole object into buf. The body must be exactly
-// Content-Length bytes and match the CRC-32C the server stored with it (if
-// it sends one); otherwise the GET is retried. If every attempt brings a
-// body that does not match its stored checksum, the last body is returned
-// anyway, with a warning: the object itself (or its stored checksum) is
-// damaged, and the caller's own verification (AEAD tag, BLAKE3) is the
-// judge of what it got, so that a damaged block is reported as such
-// rather than as an I/O error.
-func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, error) {
+// Get reads the whole object into buf with one GetObject. A body that is
+// not exactly Content-Length bytes is a transient error; so is one that
+// does not match the CRC-32C the server stored, but then the body is
+// returned with the error (errChecksum), for Backend.Get to pass on when
+// no attempt brings a better one.
+func (b *bucket) Get(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	if !backend.ValidName(name) {
 		return buf[:0], badName("get", name)
 	}
 	out := buf[:0]
-	err := b.do(ctx, b.reads, "get", name, func(ctx context.Context) error {
+	err := b.call(ctx, "get", name, func(ctx context.Context) error {
 		resp, err := b.client.GetObject(ctx, &s3.GetObjectInput{
 			Bucket: aws.String(b.o.Bucket),
 			Key:    aws.String(b.key(name)),
@@ -365,9 +432,6 @@ func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, err
 		size := aws.ToInt64(resp.ContentLength)
 		if resp.ContentLength == nil || size < 0 {
 			return &transientError{fmt.Errorf("the response has no Content-Length")}
-		}
-		if err := b.readBW.wait(ctx, int(size)); err != nil {
-			return err
 		}
 		if int64(cap(buf)) < size {
 			buf = make([]byte, size)
@@ -389,15 +453,10 @@ func (b *Backend) Get(ctx context.Context, name string, buf []byte) ([]byte, err
 		}
 		return nil
 	})
-	if errors.Is(err, errChecksum) && ctx.Err() == nil {
-		b.o.Logger.Info("s3 backend: an object does not match its stored checksum on any attempt; passing it on for verification",
-			"object", name, "location", b.location, "error", err)
-		return out, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, errChecksum) {
 		return buf[:0], err
 	}
-	return out, nil
+	return out, err
 }
 
 // errChecksum: a body did not match the checksum stored with it.
@@ -410,12 +469,12 @@ func crcBase64(p []byte) string {
 }
 
 // Stat returns the object's size and modification time (HeadObject).
-func (b *Backend) Stat(ctx context.Context, name string) (backend.Info, error) {
+func (b *bucket) Stat(ctx context.Context, name string) (backend.Info, error) {
 	if !backend.ValidName(name) {
 		return backend.Info{}, badName("stat", name)
 	}
 	var info backend.Info
-	err := b.do(ctx, b.reads, "stat", name, func(ctx context.Context) error {
+	err := b.call(ctx, "stat", name, func(ctx context.Context) error {
 		var err error
 		info, err = b.head(ctx, name)
 		return err
@@ -423,7 +482,7 @@ func (b *Backend) Stat(ctx context.Context, name string) (backend.Info, error) {
 	return info, err
 }
 
-func (b *Backend) head(ctx context.Context, name string) (backend.Info, error) {
+func (b *bucket) head(ctx context.Context, name string) (backend.Info, error) {
 	resp, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{
 		Bucket: aws.String(b.o.Bucket),
 		Key:    aws.String(b.key(name)),
@@ -436,11 +495,11 @@ func (b *Backend) head(ctx context.Context, name string) (backend.Info, error) {
 
 // Delete removes the object; a missing object is ErrNotFound, which S3's
 // DeleteObject does not tell, so HeadObject asks first.
-func (b *Backend) Delete(ctx context.Context, name string) error {
+func (b *bucket) Delete(ctx context.Context, name string) error {
 	if !backend.ValidName(name) {
 		return badName("delete", name)
 	}
-	return b.do(ctx, b.writes, "delete", name, func(ctx context.Context) error {
+	return b.call(ctx, "delete", name, func(ctx context.Context) error {
 		if _, err := b.head(ctx, name); err != nil {
 			return err
 		}
@@ -458,10 +517,10 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 }
 
 // MaxDeleteBatch is the most names DeleteBatch takes (S3's limit).
-func (b *Backend) MaxDeleteBatch() int { return maxDeleteBatch }
+func (b *bucket) MaxDeleteBatch() int { return maxDeleteBatch }
 
 // DeleteBatch deletes up to 1000 objects with one DeleteObjects request.
-func (b *Backend) DeleteBatch(ctx context.Context, names []string) ([]error, error) {
+func (b *bucket) DeleteBatch(ctx context.Context, names []string) ([]error, error) {
 	if len(names) > maxDeleteBatch {
 		return nil, fmt.Errorf("s3 backend: delete batch of %d names, more than %d", len(names), maxDeleteBatch)
 	}
@@ -480,7 +539,7 @@ func (b *Backend) DeleteBatch(ctx context.Context, names []string) ([]error, err
 		return errs, nil
 	}
 	what := fmt.Sprintf("%d objects", len(ids))
-	err := b.do(ctx, b.writes, "delete", what, func(ctx context.Context) error {
+	err := b.call(ctx, "delete", what, func(ctx context.Context) error {
 		resp, err := b.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{
 			Bucket: aws.String(b.o.Bucket),
 			Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
@@ -509,57 +568,60 @@ func (b *Backend) DeleteBatch(ctx context.Context, names []string) ([]error, err
 }
 
 // List calls fn for every object whose name starts with prefix, one page
-// of ListObjectsV2 at a time. Keys that are no valid object names (foreign
-// objects, "directory" markers) are skipped.
-func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info) error) error {
+// of ListObjectsV2 at a time (ListPage).
+func (b *bucket) List(ctx context.Context, prefix string, fn func(backend.Info) error) error {
 	if err := ctx.Err(); err != nil {
 		return b.opErr("list", prefix, err)
 	}
-	var token *string
-	for {
-		var page *s3.ListObjectsV2Output
-		err := b.do(ctx, b.reads, "list", prefix, func(ctx context.Context) error {
-			var err error
-			page, err = b.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
-				Bucket:            aws.String(b.o.Bucket),
-				Prefix:            aws.String(b.root + prefix),
-				ContinuationToken: token,
-			})
-			return err
-		})
-		if err != nil {
-			return err
+	return backend.ListPages(ctx, prefix, b.ListPage, fn)
+}
+
+// ListPage lists one page (ListObjectsV2, up to 1000 keys). Keys that are
+// no valid object names (foreign objects, "directory" markers) are
+// skipped.
+func (b *bucket) ListPage(ctx context.Context, prefix, token string) ([]backend.Info, string, error) {
+	var page *s3.ListObjectsV2Output
+	err := b.call(ctx, "list", prefix, func(ctx context.Context) error {
+		in := &s3.ListObjectsV2Input{
+			Bucket: aws.String(b.o.Bucket),
+			Prefix: aws.String(b.root + prefix),
 		}
-		for _, obj := range page.Contents {
-			if err := ctx.Err(); err != nil {
-				return b.opErr("list", prefix, err)
-			}
-			key := aws.ToString(obj.Key)
-			name, ok := strings.CutPrefix(key, b.root)
-			if !ok || !strings.HasPrefix(name, prefix) || !backend.ValidName(name) {
-				continue
-			}
-			if err := fn(backend.Info{Name: name, Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified)}); err != nil {
-				return err
-			}
+		if token != "" {
+			in.ContinuationToken = aws.String(token)
 		}
-		if !aws.ToBool(page.IsTruncated) || page.NextContinuationToken == nil {
-			return nil
-		}
-		token = page.NextContinuationToken
+		var err error
+		page, err = b.client.ListObjectsV2(ctx, in)
+		return err
+	})
+	if err != nil {
+		return nil, "", err
 	}
+	infos := make([]backend.Info, 0, len(page.Contents))
+	for _, obj := range page.Contents {
+		key := aws.ToString(obj.Key)
+		name, ok := strings.CutPrefix(key, b.root)
+		if !ok || !strings.HasPrefix(name, prefix) || !backend.ValidName(name) {
+			continue
+		}
+		infos = append(infos, backend.Info{Name: name, Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified)})
+	}
+	next := ""
+	if aws.ToBool(page.IsTruncated) && page.NextContinuationToken != nil {
+		next = aws.ToString(page.NextContinuationToken)
+	}
+	return infos, next, nil
 }
 
-// checkBucket lists at most one key of the store, with retries: that
-// proves the bucket exists and the credentials may list it. A GET is used
-// rather than HeadBucket because a HEAD's error has no body: some servers
-// answer a wrong access key with a bare 404, which would read as a
-// missing bucket.
-func (b *Backend) checkBucket(ctx context.Context) error {
-	return b.do(ctx, b.reads, "open bucket", b.o.Bucket, b.probeBucket)
+// checkBucket lists at most one key of the store: that proves the bucket
+// exists and the credentials may list it. A GET is used rather than
+// HeadBucket because a HEAD's error has no body: some servers answer a
+// wrong access key with a bare 404, which would read as a missing bucket.
+// New retries it with the backend's retry policy.
+func (b *bucket) checkBucket(ctx context.Context) error {
+	return b.call(ctx, "open bucket", b.o.Bucket, b.probeBucket)
 }
 
-func (b *Backend) probeBucket(ctx context.Context) error {
+func (b *bucket) probeBucket(ctx context.Context) error {
 	_, err := b.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
 		Bucket:  aws.String(b.o.Bucket),
 		Prefix:  aws.String(b.root),
@@ -574,7 +636,7 @@ func (b *Backend) probeBucket(ctx context.Context) error {
 // confirmMissing turns a 404 of an object into ErrNotFound only after
 // probing the bucket: a HEAD's bare 404 cannot tell a missing object from
 // a missing bucket.
-func (b *Backend) confirmMissing(ctx context.Context, err error) error {
+func (b *bucket) confirmMissing(ctx context.Context, err error) error {
 	code, status := errorCode(err)
 	switch {
 	case code == "NoSuchBucket":

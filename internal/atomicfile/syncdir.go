@@ -1,12 +1,12 @@
 //go:build !windows
 
-package file
+package atomicfile
 
 import "os"
 
-// syncDir fsyncs a directory, making the entries created, renamed or
+// SyncDir fsyncs a directory, making the entries created, renamed or
 // removed in it durable.
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
