@@ -262,7 +262,7 @@ func (e *engine) forget(id block.ID) {
 // committer puts results in order into pages and commits them.
 func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time, window chan struct{}, results <-chan result) error {
 	c := &commitState{e: e, committedPages: int(firstPage), seen: map[block.ID]bool{}, dedupIdx: map[block.ID]int64{}}
-	c.lastCommit = time.Now()
+	c.lastCommit = e.o.now()
 	pending := map[int64]result{}
 	next := firstPage * blockmap.PageEntries
 	v := e.v
@@ -327,7 +327,7 @@ func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time
 			if e.o.Progress != nil {
 				e.o.Progress(Progress{Done: min(next*e.bs, e.size), Total: e.size, BytesRead: v.BytesRead, BytesWritten: v.BytesWritten})
 			}
-			if len(c.full) >= 8 || time.Since(c.lastCommit) >= e.o.CommitInterval {
+			if len(c.full) >= 8 || e.o.since(c.lastCommit) >= e.o.CommitInterval {
 				if err := c.commit(ctx, false, start); err != nil {
 					return err
 				}
@@ -418,7 +418,7 @@ func (c *commitState) commit(ctx context.Context, final bool, start time.Time) e
 				v.BlocksDone = done
 				v.BytesRead, v.BytesWritten = snapshot.BytesRead, snapshot.BytesWritten
 				v.BytesDeduplicated, v.BytesSparse = snapshot.BytesDeduplicated, snapshot.BytesSparse
-				v.DurationSeconds = e.prevDuration + time.Since(start).Seconds()
+				v.DurationSeconds = e.prevDuration + e.o.since(start).Seconds()
 				if final {
 					v.Status = metastore.StatusValid
 				}
@@ -459,7 +459,7 @@ func (c *commitState) commit(ctx context.Context, final bool, start time.Time) e
 	c.newRecs = nil
 	clear(c.seen)
 	clear(c.dedupIdx)
-	c.lastCommit = time.Now()
+	c.lastCommit = e.o.now()
 	return nil
 }
 

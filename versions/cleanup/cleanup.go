@@ -40,7 +40,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -48,6 +47,7 @@ import (
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/file"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 )
 
@@ -75,6 +75,8 @@ type Options struct {
 	// trash entries stay, and the orphan sweep leaves them.
 	Keep   func(block.Name) bool
 	Logger *slog.Logger
+	// Clock times the run; clock.System when nil.
+	Clock clock.Clock
 }
 
 // Result summarises a cleanup.
@@ -135,7 +137,8 @@ func (o *Options) defaults() {
 // the trash for the next run; Run goes on and returns the first such error
 // with the result.
 func Run(ctx context.Context, be backend.Backend, db *metastore.DB, o Options) (*Result, error) {
-	start := time.Now()
+	o.Clock = clock.Or(o.Clock)
+	start := o.Clock.Now()
 	o.defaults()
 	res := &Result{}
 	var wlk *metastore.Lock
@@ -156,7 +159,7 @@ func Run(ctx context.Context, be backend.Backend, db *metastore.DB, o Options) (
 		res.Orphans = &OrphanResult{}
 		err = errors.Join(err, c.orphans(ctx, res.Orphans))
 	}
-	res.DurationSeconds = time.Since(start).Seconds()
+	res.DurationSeconds = o.Clock.Since(start).Seconds()
 	return res, err
 }
 

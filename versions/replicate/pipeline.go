@@ -66,7 +66,7 @@ func (e *engine) blockLen(idx int64) int64 { return min(e.v.BlockSize, e.v.Size-
 
 // pipeline runs reader, workers and committer from page firstPage on.
 func (e *engine) pipeline(ctx context.Context, firstPage int64) error {
-	start := time.Now()
+	start := e.r.o.Clock.Now()
 	prevDuration := e.tv.DurationSeconds
 	g, ctx := errgroup.WithContext(ctx)
 	w := e.r.o.Workers
@@ -294,7 +294,7 @@ func (e *engine) damage(id block.ID, err error) {
 // target.
 func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time, prevDuration float64, window chan struct{}, results <-chan result) error {
 	c := &commitState{e: e, start: start, prevDuration: prevDuration, committedPages: int(firstPage),
-		seen: map[block.ID]bool{}, dedup: map[block.ID]job{}, lastCommit: time.Now()}
+		seen: map[block.ID]bool{}, dedup: map[block.ID]job{}, lastCommit: e.r.o.Clock.Now()}
 	pending := map[int64]result{}
 	next := firstPage * blockmap.PageEntries
 	// A continued copy starts at the page holding its first block not yet
@@ -314,7 +314,7 @@ func (e *engine) committer(ctx context.Context, firstPage int64, start time.Time
 			c.add(r)
 			next++
 			e.r.progress(r.n)
-			if len(c.full) >= 8 || time.Since(c.lastCommit) >= e.r.o.CommitInterval {
+			if len(c.full) >= 8 || e.r.o.Clock.Since(c.lastCommit) >= e.r.o.CommitInterval {
 				if err := c.commit(ctx, false); err != nil {
 					return err
 				}
@@ -417,7 +417,7 @@ func (c *commitState) commit(ctx context.Context, final bool) error {
 				v.BlocksDone = done
 				v.BytesRead, v.BytesWritten = snapshot.BytesRead, snapshot.BytesWritten
 				v.BytesDeduplicated, v.BytesSparse = snapshot.BytesDeduplicated, snapshot.BytesSparse
-				v.DurationSeconds = c.prevDuration + time.Since(c.start).Seconds()
+				v.DurationSeconds = c.prevDuration + e.r.o.Clock.Since(c.start).Seconds()
 				if final {
 					if e.v.Status != metastore.StatusIncomplete {
 						// Every block was read and verified, or found valid
@@ -466,7 +466,7 @@ func (c *commitState) commit(ctx context.Context, final bool) error {
 	c.newRecs = nil
 	clear(c.seen)
 	clear(c.dedup)
-	c.lastCommit = time.Now()
+	c.lastCommit = c.e.r.o.Clock.Now()
 	return nil
 }
 

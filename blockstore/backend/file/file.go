@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/clock"
 )
 
 // chunkSize is how much Put writes and Get reads between two checks of ctx.
@@ -451,7 +452,8 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info)
 // not to pull a temporary file from under a live writer, whose Put would
 // then fail. It keeps going after an error and returns the first one.
 func CleanTemp(root string, olderThan time.Duration) (int, error) {
-	cutoff := time.Now().Add(-olderThan)
+	// The real clock, as the kernel's that stamped the files' mtimes.
+	cutoff := clock.System.Now().Add(-olderThan)
 	removed := 0
 	var first error
 	note := func(err error) {

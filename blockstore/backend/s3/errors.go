@@ -17,6 +17,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/clock"
 )
 
 // notFoundError marks an object that does not exist.
@@ -219,7 +220,7 @@ type retryPolicy struct {
 	base, max time.Duration
 	// sleep waits d or until ctx ends; nil is a timer (tests replace it).
 	sleep func(ctx context.Context, d time.Duration) error
-	// now is the clock; nil is time.Now (tests replace it).
+	// now is the clock (Options.Clock); nil is clock.System.
 	now func() time.Time
 }
 
@@ -230,7 +231,7 @@ type retryPolicy struct {
 func (p retryPolicy) run(ctx context.Context, attempt func(n int) error) (int, error) {
 	now := p.now
 	if now == nil {
-		now = time.Now
+		now = clock.System.Now
 	}
 	start := now()
 	deadline := start.Add(p.budget)

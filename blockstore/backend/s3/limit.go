@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/backy/backy/internal/clock"
 )
 
 // limiter paces a byte stream to a rate: each caller reserves its bytes
@@ -13,14 +15,15 @@ type limiter struct {
 	rate float64 // bytes per second
 	mu   sync.Mutex
 	next time.Time // when the reserved traffic so far will have passed
-	now  func() time.Time
+	// now is Options.Clock's; clock.System by default.
+	now func() time.Time
 }
 
 func newLimiter(bytesPerSecond int64) *limiter {
 	if bytesPerSecond <= 0 {
 		return nil
 	}
-	return &limiter{rate: float64(bytesPerSecond), now: time.Now}
+	return &limiter{rate: float64(bytesPerSecond), now: clock.System.Now}
 }
 
 // wait reserves n bytes and sleeps until they may go, or ctx ends (the

@@ -25,6 +25,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/clock"
 )
 
 // Options configure an S3 backend. Bucket is required; every other field
@@ -87,6 +88,9 @@ type Options struct {
 	// random time up to min(MaxBackoff, BaseBackoff*2^n). Defaults 100 ms
 	// and 10 s.
 	BaseBackoff, MaxBackoff time.Duration
+	// Clock times the retry budget and paces the bandwidth limits (the
+	// waits themselves are real-time timers); clock.System when nil.
+	Clock clock.Clock
 }
 
 // Backend is an S3 data backend. It is safe for concurrent use.
@@ -257,6 +261,14 @@ func newBackend(ctx context.Context, o Options) (*Backend, error) {
 		writeBW:  newLimiter(o.BandwidthWrite),
 		retry:    retryPolicy{attempts: o.MaxAttempts, budget: max(o.RetryFor, 0), base: o.BaseBackoff, max: o.MaxBackoff},
 		http:     custom,
+	}
+	if o.Clock != nil {
+		b.retry.now = o.Clock.Now
+		for _, l := range []*limiter{b.readBW, b.writeBW} {
+			if l != nil {
+				l.now = o.Clock.Now
+			}
+		}
 	}
 	return b, nil
 }
