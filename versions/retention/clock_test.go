@@ -28,7 +28,7 @@ func TestRetentionAcrossDST(t *testing.T) {
 	// Far from today, so that a clock that is not the Fake one would
 	// find every version dated in the future (or long gone).
 	for _, start := range []time.Time{
-		time.Date(2031, 3, 27, 0, 30, 0, 0, loc), // summer time begins Sunday 30 March 2031
+		time.Date(2031, 3, 27, 0, 30, 0, 0, loc),  // summer time begins Sunday 30 March 2031
 		time.Date(2031, 10, 23, 0, 30, 0, 0, loc), // and ends Sunday 26 October 2031
 	} {
 		t.Run(start.Format("2006-01"), func(t *testing.T) {
