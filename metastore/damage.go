@@ -146,9 +146,15 @@ func precheck(path string, freelist bool, timeout time.Duration) error {
 }
 
 // flockShared takes a shared flock on f, polling as bbolt does, for at
-// most timeout (0: wait as long as it takes).
+// most timeout (0: wait as long as it takes), measured by a real-time
+// timer.
 func flockShared(f *os.File, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
 		switch {
@@ -158,8 +164,11 @@ func flockShared(f *os.File, timeout time.Duration) error {
 			continue
 		case !errors.Is(err, syscall.EWOULDBLOCK):
 			return err
-		case timeout > 0 && time.Now().After(deadline):
+		}
+		select {
+		case <-expired:
 			return berrors.ErrTimeout
+		default:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/backy/backy/internal/clock"
 )
 
 // CurrentSchema is the schema version this code reads and writes. Each
@@ -48,7 +50,8 @@ type Options struct {
 	// LockTimeout is how long a transaction waits for another process to
 	// release the database before failing with ErrBusy. Zero means 2 minutes.
 	LockTimeout time.Duration
-	// Now returns the current time; time.Now when nil.
+	// Now returns the current time (the creation time, the dates of new
+	// versions); clock.System.Now when nil. A clock.Clock's Now fits.
 	Now func() time.Time
 }
 
@@ -171,7 +174,7 @@ func (db *DB) now() time.Time {
 	if db.opts.Now != nil {
 		return db.opts.Now()
 	}
-	return time.Now()
+	return clock.System.Now()
 }
 
 func (db *DB) timeout() time.Duration {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/backy/backy/internal/clock"
 )
 
 // Lock is an flock(2) lock on a file in the store's lock directory. The
@@ -78,9 +80,10 @@ func lockFile(path string, exclusive, wait bool, what string) (*Lock, error) {
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	if exclusive {
-		// Say who holds it, for the error message of whoever waits.
+		// Say who holds it, for the error message of whoever waits (the
+		// real time: an operator compares it with ps and the logs).
 		_ = f.Truncate(0)
-		_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d, %s, since %s", os.Getpid(), processName(), time.Now().UTC().Format(time.RFC3339))), 0)
+		_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d, %s, since %s", os.Getpid(), processName(), clock.System.Now().UTC().Format(time.RFC3339))), 0)
 	}
 	return &Lock{f: f, path: path, exclusive: exclusive}, nil
 }

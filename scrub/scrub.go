@@ -19,6 +19,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions"
@@ -146,7 +147,9 @@ type Options struct {
 	Snapshot func(ctx context.Context, uid string) (state, reason string, err error)
 	Progress func(Progress)
 	Logger   *slog.Logger
-	Now      func() time.Time
+	// Clock stamps the scrub records (metastore.ScrubRecord.At) and times
+	// the run; clock.System when nil.
+	Clock clock.Clock
 }
 
 // Progress reports a running scrub: block positions of the selected
@@ -297,12 +300,10 @@ type run struct {
 // scrub (I/O errors of the backend, a missing key, cancellation) return
 // with the Result so far.
 func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Result, error) {
-	start := time.Now()
+	o.Clock = clock.Or(o.Clock)
+	start := o.Clock.Now()
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Now == nil {
-		o.Now = time.Now
 	}
 	if o.Percent == 0 {
 		o.Percent = 100
@@ -416,7 +417,7 @@ func (r *run) finish(start time.Time) *Result {
 	slices.SortFunc(r.res.Versions, func(a, b VersionResult) int { return cmp.Compare(a.UID, b.UID) })
 	slices.SortFunc(r.res.Skipped, func(a, b Skipped) int { return cmp.Compare(a.UID, b.UID) })
 	slices.Sort(r.res.SnapshotsBad)
-	r.res.DurationSeconds = time.Since(start).Seconds()
+	r.res.DurationSeconds = r.o.Clock.Since(start).Seconds()
 	return r.res
 }
 
@@ -604,7 +605,7 @@ func (r *run) version(ctx context.Context, uid string) error {
 		r.mu.Unlock()
 		return nil
 	}
-	at := r.o.Now()
+	at := r.o.Clock.Now()
 	bs, size, nBlk := v.BlockSize, v.Size, v.Blocks()
 	vs := &vstate{}
 	vr := VersionResult{UID: uid, Volume: v.Volume}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 )
 
@@ -32,7 +33,10 @@ type RemoveOptions struct {
 	Force bool
 	// MinAge is disallow_rm_when_younger_than_days as a duration.
 	MinAge time.Duration
-	Now    time.Time
+	// Now is the time the age is measured at; when zero, Clock.Now().
+	Now time.Time
+	// Clock gives Now when it is zero; clock.System when nil.
+	Clock clock.Clock
 	// Check, when set, is called with the stored version under its
 	// exclusive lock, after the protection and age checks; an error
 	// refuses the removal (retention uses it to re-check its decision).
@@ -64,10 +68,11 @@ func Remove(db *metastore.DB, uid string, o RemoveOptions) error {
 		return fmt.Errorf("%w: %s (run 'backy unprotect %s' first)", ErrProtected, uid, uid)
 	}
 	if !o.Force && o.MinAge > 0 && !v.Removing && v.Status != metastore.StatusIncomplete {
-		if o.Now.IsZero() {
-			return errors.New("versions.Remove: RemoveOptions.Now is required with MinAge")
+		now := o.Now
+		if now.IsZero() {
+			now = clock.Or(o.Clock).Now()
 		}
-		if age := o.Now.Sub(v.Date); age < o.MinAge {
+		if age := now.Sub(v.Date); age < o.MinAge {
 			return fmt.Errorf("%w: %s is %s old, the minimum is %s (disallow_rm_when_younger_than_days); use --force to remove it anyway",
 				ErrTooYoung, uid, FormatDuration(age), FormatDuration(o.MinAge))
 		}

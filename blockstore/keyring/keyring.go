@@ -13,6 +13,7 @@ import (
 
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/object"
+	"github.com/backy/backy/internal/clock"
 )
 
 // ErrWrongKey: the configured key material of an encryption version is not
@@ -79,8 +80,8 @@ type Options struct {
 	// Rand supplies the salt of a new passphrase registration when NewKDF
 	// is nil; crypto/rand when nil.
 	Rand io.Reader
-	// Now gives the registration time; time.Now when nil.
-	Now func() time.Time
+	// Clock gives the registration time; clock.System when nil.
+	Clock clock.Clock
 	// NewKDF gives the KDF of a new passphrase registration; DefaultKDF
 	// (with Rand) when nil. Tests pass cheap parameters.
 	NewKDF func() (KDF, error)
@@ -161,9 +162,7 @@ func Load(ctx context.Context, reg Registry, be backend.Backend, sources []Sourc
 	if reg == nil || be == nil {
 		return nil, errors.New("keyring.Load needs a registry and a backend")
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
+	o.Clock = clock.Or(o.Clock)
 	if o.NewKDF == nil {
 		r := o.Rand
 		if r == nil {
@@ -443,7 +442,7 @@ func (l *loader) load(src Source, isWrite bool) (bool, error) {
 		Cipher:     src.Cipher,
 		KeyID:      key.ID,
 		KDF:        kdf,
-		Registered: l.o.Now().UTC().Truncate(time.Second),
+		Registered: l.o.Clock.Now().UTC().Truncate(time.Second),
 	}
 	b, err = r.Marshal()
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/backy/backy/blockstore/backend/file"
 	"github.com/backy/backy/blockstore/object"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 )
 
 // fakeRegistry is an in-memory Registry with register-if-absent semantics.
@@ -111,7 +112,7 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) opts() Options {
 	return Options{
-		Now:    func() time.Time { return testTime.Add(1500 * time.Millisecond) },
+		Clock:  clock.NewFake(testTime.Add(1500 * time.Millisecond)),
 		NewKDF: cheapKDF,
 		Log:    slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -544,7 +545,7 @@ func TestRegistrationRace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newEnv(t)
 			o := w.opts()
-			o.Now = func() time.Time { return testTime.Add(-time.Hour) }
+			o.Clock = clock.NewFake(testTime.Add(-time.Hour))
 			if _, err := Load(t.Context(), w.reg, w.be, []Source{tc.winner}, 1, o); err != nil {
 				t.Fatal(err)
 			}
@@ -577,7 +578,7 @@ func TestRegistrationRace(t *testing.T) {
 		// backend copy must end up as the winner's.
 		old := newEnv(t)
 		o := old.opts()
-		o.Now = func() time.Time { return testTime.Add(-time.Hour) }
+		o.Clock = clock.NewFake(testTime.Add(-time.Hour))
 		if _, err := Load(t.Context(), old.reg, old.be, []Source{passSource(1, "race")}, 1, o); err != nil {
 			t.Fatal(err)
 		}

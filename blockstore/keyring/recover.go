@@ -160,7 +160,7 @@ func (l *loader) recoverReg(src Source, d *derived) (found bool, err error) {
 		EncVersion: v,
 		Cipher:     src.Cipher,
 		KeyID:      key.ID,
-		Registered: l.o.Now().UTC().Truncate(time.Second),
+		Registered: l.o.Clock.Now().UTC().Truncate(time.Second),
 	}
 	b, err := r.Marshal()
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/backup"
@@ -90,7 +91,7 @@ func cmdBackup(e *env) *cli.Command {
 			}
 			opts := backup.Options{
 				Volume: volume, Snapshot: c.String("snapshot"), Labels: labels, Hints: extents,
-				Resume: c.String("resume"), Workers: s.ioWorkers(), Logger: e.log,
+				Resume: c.String("resume"), Workers: s.ioWorkers(), Logger: e.log, Clock: clock.System,
 				AllowEmptyHints: c.Bool("hints-allow-empty"),
 			}
 			if extents == nil && c.IsSet("hints") {

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/cleanup"
@@ -100,7 +101,7 @@ func cmdCleanup(e *env) *cli.Command {
 				e.log.Warn("the data backend holds unreadable metadata of versions this metastore does not know", "versions", prot.Unreadable)
 			}
 			res, err := cleanup.Run(c.Context, s.be, s.db, cleanup.Options{
-				Orphans: c.Bool("orphans"), NoWait: c.Bool("no-wait"), Workers: e.cfg.Defaults.Workers, Logger: e.log,
+				Orphans: c.Bool("orphans"), NoWait: c.Bool("no-wait"), Workers: e.cfg.Defaults.Workers, Logger: e.log, Clock: clock.System,
 				Keep: prot.Keep,
 			})
 			if res == nil {

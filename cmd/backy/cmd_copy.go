@@ -11,6 +11,7 @@ import (
 
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/replicate"
 )
@@ -55,7 +56,7 @@ func cmdCopy(e *env) *cli.Command {
 			dry := c.Bool("dry-run")
 			rep, err := e.runCopy(c, to, replicate.Options{
 				UIDs: uids, All: c.Bool("all"), Volume: c.String("volume"), Force: c.Bool("force"), DryRun: dry,
-				Logger: e.log,
+				Logger: e.log, Clock: clock.System,
 			})
 			if rep == nil {
 				return err

@@ -14,6 +14,7 @@ import (
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/cmd/backy/internal/ui"
 	"github.com/backy/backy/internal/atomicfile"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/source"
@@ -311,7 +312,7 @@ func cmdRebuildMetastore(e *env) *cli.Command {
 			}
 			prog := ui.NewProgress(os.Stderr, "rebuild-metastore")
 			res, err := transfer.Rebuild(ctx, e.cfg.Meta.Path, be, open, transfer.RebuildOptions{
-				Force: c.Bool("force"), AcceptLoss: c.Bool("accept-loss"), Salvager: newSalvager(), Logger: e.log})
+				Force: c.Bool("force"), AcceptLoss: c.Bool("accept-loss"), Salvager: newSalvager(), Logger: e.log, Clock: clock.System})
 			prog.Done()
 			if errors.Is(err, transfer.ErrLoss) && res != nil {
 				// What would be lost, on stdout; the error says the rest.

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/migrate/reencrypt"
 )
 
@@ -63,7 +64,7 @@ func cmdMigrateEncryption(e *env) *cli.Command {
 			}
 			prog := ui.NewBlockProgress(os.Stderr, "migrate-encryption") // blocks examined
 			res, err := reencrypt.Run(c.Context, bst, s.db, reencrypt.Options{
-				UIDs: uids, Workers: e.cfg.Defaults.Workers, Logger: e.log,
+				UIDs: uids, Workers: e.cfg.Defaults.Workers, Logger: e.log, Clock: clock.System,
 				Progress: func(p reencrypt.Progress) { prog.Update(p.Done, p.Total) },
 				// No replaced object goes before the snapshots naming it
 				// are rewritten.

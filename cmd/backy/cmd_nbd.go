@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/backy/backy/cmd/backy/internal/config"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/backup"
 	"github.com/backy/backy/versions/device"
@@ -105,7 +106,7 @@ func cmdNBD(e *env) *cli.Command {
 				scheme, tlsMode = "nbds", ", TLS "+e.cfg.NBD.TLS
 			}
 			fmt.Fprintf(e.stderr, "backy: serving versions on %s://%s/ (%s, %s%s); Ctrl-C stops\n", scheme, ln.Addr(), where, mode, tlsMode)
-			srv := nbd.NewServer(ex, nbd.Options{Logger: e.log, TLS: tlsConf, RequireTLS: e.cfg.NBD.TLS == config.TLSRequired,
+			srv := nbd.NewServer(ex, nbd.Options{Logger: e.log, Clock: clock.System, TLS: tlsConf, RequireTLS: e.cfg.NBD.TLS == config.TLSRequired,
 				MaxConns: e.cfg.NBD.MaxConnections, MaxConnsPerClient: e.cfg.NBD.MaxConnectionsPerClient, HandshakeTimeout: e.cfg.NBD.HandshakeTimeout})
 			err = srv.Serve(ctx, ln)
 			ex.wait()
@@ -287,7 +288,7 @@ func (x *nbdExports) Open(ctx context.Context, name string) (nbd.Export, nbd.Exp
 	// Copy-on-write sessions whose changes become versions keep them in a
 	// durable overlay, so that what a client flushed survives a crash;
 	// discarded changes need none.
-	d, err := device.Open(ctx, x.s.db, x.s.st, v.UID, device.Options{ReadOnly: x.ro, CacheBytes: x.cache, Logger: x.e.log,
+	d, err := device.Open(ctx, x.s.db, x.s.st, v.UID, device.Options{ReadOnly: x.ro, CacheBytes: x.cache, Logger: x.e.log, Clock: clock.System,
 		OverlayDir: x.dir, Durable: !x.ro && !x.discard})
 	if err != nil {
 		if errors.Is(err, metastore.ErrVersionNotFound) || errors.Is(err, device.ErrNotServable) {
@@ -433,7 +434,7 @@ func (n *nbdExport) commit(log *slog.Logger, resume string) (*metastore.Version,
 	}
 	nv, err := backup.Run(ctx, x.s.st, x.s.db, n.d.Source(ctx), backup.Options{
 		Volume: v.Volume, Snapshot: v.Snapshot, Labels: labels, Base: v, Hints: n.d.Changes(), Resume: resume,
-		Workers: x.s.ioWorkers(), Logger: x.e.log,
+		Workers: x.s.ioWorkers(), Logger: x.e.log, Clock: clock.System,
 	})
 	if err != nil {
 		return nil, err
@@ -516,7 +517,7 @@ func (x *nbdExports) recoverOrphan(ctx context.Context, o *device.Orphan) {
 		}
 		resume = p.UID
 	}
-	d, err := device.OpenOrphan(ctx, x.s.db, x.s.st, o, device.Options{CacheBytes: x.cache, Logger: x.e.log})
+	d, err := device.OpenOrphan(ctx, x.s.db, x.s.st, o, device.Options{CacheBytes: x.cache, Logger: x.e.log, Clock: clock.System})
 	if err != nil {
 		if errors.Is(err, metastore.ErrVersionNotFound) {
 			err = fmt.Errorf("version %s no longer exists, and the overlay holds only the blocks the session changed: %w", in.Version, err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/restore"
 	"github.com/backy/backy/versions/source"
@@ -82,7 +83,7 @@ func runRestore(c *cli.Context, e *env, bst *blockstore.Store, db *metastore.DB,
 	}
 	prog := ui.NewProgress(os.Stderr, "restore")
 	res, err := restore.ToFile(c.Context, bst, db, uid, target, restore.Options{
-		Sparse: c.Bool("sparse"), Force: force, Workers: e.cfg.Defaults.Workers, Logger: e.log,
+		Sparse: c.Bool("sparse"), Force: force, Workers: e.cfg.Defaults.Workers, Logger: e.log, Clock: clock.System,
 		Progress: func(p restore.Progress) { prog.Update(p.Done, p.Total) },
 	})
 	prog.Done()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/cmd/backy/internal/ui"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/scrub"
 	"github.com/backy/backy/versions/catalog"
@@ -87,7 +88,7 @@ func cmdScrub(e *env, deep bool) *cli.Command {
 			}
 			o := scrub.Options{
 				Deep: deep, UIDs: uids, All: all, Volume: volume, Percent: pct,
-				Workers: e.cfg.Defaults.Workers, Logger: e.log,
+				Workers: e.cfg.Defaults.Workers, Logger: e.log, Clock: clock.System,
 			}
 			if spec != "" {
 				src, err := source.Open(spec)

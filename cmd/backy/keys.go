@@ -8,6 +8,7 @@ import (
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/keyring"
 	"github.com/backy/backy/cmd/backy/internal/config"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 )
 
@@ -54,7 +55,7 @@ func (s *store) blocksAt(ctx context.Context, write uint16) (*blockstore.Store, 
 // verified against db's key registrations, sealing new objects at
 // encryption version write (0: reading only, nothing registered).
 func keyedStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend, write uint16) (*blockstore.Store, error) {
-	return keyedStoreWith(ctx, e, db, be, write, keyring.Options{Log: e.log})
+	return keyedStoreWith(ctx, e, db, be, write, keyring.Options{Log: e.log, Clock: clock.System})
 }
 
 // recoveringStore is keyedStore for reading a store with no metastore
@@ -62,7 +63,7 @@ func keyedStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backen
 // whose registration keys/<N>.json is lost is registered again when the
 // store's objects carry its key id, and keys/<N>.json rewritten.
 func recoveringStore(ctx context.Context, e *env, db *metastore.DB, be backend.Backend) (*blockstore.Store, error) {
-	return keyedStoreWith(ctx, e, db, be, 0, keyring.Options{Log: e.log, Recover: true})
+	return keyedStoreWith(ctx, e, db, be, 0, keyring.Options{Log: e.log, Clock: clock.System, Recover: true})
 }
 
 func keyedStoreWith(ctx context.Context, e *env, db *metastore.DB, be backend.Backend, write uint16, ko keyring.Options) (*blockstore.Store, error) {

@@ -21,6 +21,7 @@ import (
 	"github.com/backy/backy/blockstore/backend/stack"
 	"github.com/backy/backy/cmd/backy/internal/config"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/migrate"
 	"github.com/backy/backy/versions/catalog"
@@ -257,6 +258,7 @@ func newBackend(ctx context.Context, cfg *config.Config, log *slog.Logger, creat
 	case "s3":
 		c := cfg.Data.S3
 		return s3.New(ctx, s3.Options{
+			Clock:              clock.System,
 			Bucket:             c.Bucket,
 			Prefix:             c.Prefix,
 			Region:             c.Region,

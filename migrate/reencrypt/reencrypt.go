@@ -34,12 +34,12 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/blockread"
 )
@@ -72,6 +72,8 @@ type Options struct {
 	Batch    int
 	Progress func(Progress)
 	Logger   *slog.Logger
+	// Clock times the run; clock.System when nil.
+	Clock clock.Clock
 	// BeforeDelete, when set, runs before the objects that switched
 	// records replaced are deleted from the backend (at the start, for
 	// those an interrupted run left, and at the end): the CLI writes the
@@ -134,7 +136,8 @@ var ErrFailures = errors.New("some blocks could not be migrated")
 // will read is configured; such early failures return a nil Result. The caller holds no version locks: Run takes a
 // shared lock on each selected version while it migrates its blocks.
 func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Result, error) {
-	start := time.Now()
+	o.Clock = clock.Or(o.Clock)
+	start := o.Clock.Now()
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -235,7 +238,7 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, o Options) (*Resu
 		err = fmt.Errorf("%w: %d block(s) are still stored below encryption version %d (blocks marked invalid by an earlier scrub, restore or migration are not rewritten, and backups running meanwhile may write at an older version): back up their sources again so that fresh copies are stored, then run migrate-encryption --all again",
 			ErrIncomplete, res.Remaining, target)
 	}
-	res.DurationSeconds = time.Since(start).Seconds()
+	res.DurationSeconds = o.Clock.Since(start).Seconds()
 	return res, err
 }
 

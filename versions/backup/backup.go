@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions"
@@ -69,7 +70,9 @@ type Options struct {
 	// Progress, when set, is called from one goroutine after each block.
 	Progress func(Progress)
 	Logger   *slog.Logger
-	Now      func() time.Time
+	// Clock dates the version and times its commits and duration;
+	// clock.System when nil.
+	Clock clock.Clock
 	// Rand seeds the sanity sample; nil = random.
 	Rand *rand.Rand
 }
@@ -122,12 +125,9 @@ type engine struct {
 	rbuf         []byte // refetch's buffer
 }
 
-func (o *Options) now() time.Time {
-	if o.Now != nil {
-		return o.Now()
-	}
-	return time.Now()
-}
+func (o *Options) now() time.Time { return clock.Or(o.Clock).Now() }
+
+func (o *Options) since(t time.Time) time.Duration { return clock.Or(o.Clock).Since(t) }
 
 // Run backs up src into a new version (or finishes o.Resume) and returns
 // the version, valid, once every block and the map are durable.

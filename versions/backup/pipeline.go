@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions/hints"
@@ -29,7 +30,7 @@ func (e *engine) pipeline(ctx context.Context, firstPage int64) error {
 		// already count.
 		Counted: e.v.BlocksDone,
 		Workers: e.o.Workers, CommitInterval: e.o.CommitInterval,
-		Start: e.start, PrevDuration: e.prevDuration,
+		Start: e.start, PrevDuration: e.prevDuration, Clock: clock.Or(e.o.Clock),
 		Read: func(ctx context.Context, emit func(job) error) error {
 			return e.reader(ctx, firstPage, pool, emit)
 		},

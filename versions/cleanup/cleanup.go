@@ -39,13 +39,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 )
 
@@ -74,6 +74,8 @@ type Options struct {
 	// trash entries stay, and the orphan sweep leaves them.
 	Keep   func(block.Name) bool
 	Logger *slog.Logger
+	// Clock times the run; clock.System when nil.
+	Clock clock.Clock
 }
 
 // Result summarises a cleanup.
@@ -134,7 +136,8 @@ func (o *Options) defaults() {
 // the trash for the next run; Run goes on and returns the first such error
 // with the result.
 func Run(ctx context.Context, be backend.Backend, db *metastore.DB, o Options) (*Result, error) {
-	start := time.Now()
+	o.Clock = clock.Or(o.Clock)
+	start := o.Clock.Now()
 	o.defaults()
 	res := &Result{}
 	var wlk *metastore.Lock
@@ -155,7 +158,7 @@ func Run(ctx context.Context, be backend.Backend, db *metastore.DB, o Options) (
 		res.Orphans = &OrphanResult{}
 		err = errors.Join(err, c.orphans(ctx, res.Orphans))
 	}
-	res.DurationSeconds = time.Since(start).Seconds()
+	res.DurationSeconds = o.Clock.Since(start).Seconds()
 	return res, err
 }
 

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions/blockread"
@@ -68,6 +69,9 @@ type Options struct {
 	// crash loses it.
 	Durable bool
 	Logger  *slog.Logger
+	// Clock stamps the durable overlay (OverlayInfo.Created, Saved);
+	// clock.System when nil.
+	Clock clock.Clock
 }
 
 // Device is one open version. It is safe for concurrent use.
@@ -157,6 +161,7 @@ func open(ctx context.Context, db *metastore.DB, st BlockStore, uid string, o Op
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	o.Clock = clock.Or(o.Clock)
 	lk, err := db.LockVersion(uid, metastore.Shared)
 	if err != nil {
 		return nil, err

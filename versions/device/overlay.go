@@ -162,7 +162,7 @@ func (d *Device) createDurable(dir string) error {
 	defer dl.Close()
 	var id [8]byte
 	_, _ = rand.Read(id[:])
-	now := time.Now().UTC().Truncate(time.Second)
+	now := d.o.Clock.Now().UTC().Truncate(time.Second)
 	u := &durable{dir: dir, info: OverlayInfo{Session: hex.EncodeToString(id[:]), Version: d.v.UID, Volume: d.v.Volume,
 		Size: d.v.Size, BlockSize: d.v.BlockSize, Created: now, Saved: now}}
 	u.name = d.v.UID + "-" + u.info.Session
@@ -230,7 +230,7 @@ func (d *Device) flushDurable(dirty []uint64, gen uint64) error {
 // durably.
 func (d *Device) saveMap(dirty []uint64) error {
 	u := d.dur
-	u.info.Saved = time.Now().UTC().Truncate(time.Second)
+	u.info.Saved = d.o.Clock.Now().UTC().Truncate(time.Second)
 	b, err := encodeMap(u.info, dirty, d.n)
 	if err != nil {
 		return err

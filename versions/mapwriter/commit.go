@@ -36,7 +36,7 @@ func (w *Writer[J]) Commit(ctx context.Context, final bool) error {
 			UID: w.c.UID, At: w.committedPages, Pages: pages, New: w.newRecs,
 			Update: func(v *metastore.Version) error {
 				v.BlocksDone = done
-				v.DurationSeconds = w.c.PrevDuration + w.c.Now().Sub(w.c.Start).Seconds()
+				v.DurationSeconds = w.c.PrevDuration + w.c.Clock.Now().Sub(w.c.Start).Seconds()
 				if w.c.Update != nil {
 					w.c.Update(v, final)
 				}
@@ -80,7 +80,7 @@ func (w *Writer[J]) Commit(ctx context.Context, final bool) error {
 	w.newRecs = w.newRecs[:0]
 	clear(w.seen)
 	clear(w.dedup)
-	w.lastCommit = w.c.Now()
+	w.lastCommit = w.c.Clock.Now()
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 )
@@ -115,9 +116,9 @@ type Config[J any] struct {
 	// store"); "" for none.
 	Name   string
 	Logger *slog.Logger
-	// Now is the clock of the commit interval and the duration; nil =
-	// time.Now.
-	Now func() time.Time
+	// Clock times the commit interval and the duration; nil =
+	// clock.System.
+	Clock clock.Clock
 
 	// Read emits the jobs in map order; emit blocks while the window of
 	// outstanding jobs is full and fails once the run is cancelled (the
@@ -213,9 +214,7 @@ func New[J any](c Config[J]) *Writer[J] {
 	if w.c.Workers < 1 {
 		w.c.Workers = 1
 	}
-	if w.c.Now == nil {
-		w.c.Now = time.Now
-	}
+	w.c.Clock = clock.Or(w.c.Clock)
 	w.next = w.committedPos
 	return w
 }
@@ -233,7 +232,7 @@ func (w *Writer[J]) Run(ctx context.Context) error {
 	window := make(chan struct{}, 4*(n+2))
 	jobs := make(chan item[J], n+2)
 	results := make(chan outcome[J], n+2)
-	w.lastCommit = w.c.Now()
+	w.lastCommit = w.c.Clock.Now()
 
 	g.Go(func() error {
 		defer close(jobs)
@@ -347,7 +346,7 @@ func (w *Writer[J]) take(ctx context.Context, j J, r Result) error {
 	if w.c.Progress != nil {
 		w.c.Progress(w.next)
 	}
-	if len(w.full) >= 8 || w.c.Now().Sub(w.lastCommit) >= w.c.CommitInterval {
+	if len(w.full) >= 8 || w.c.Clock.Now().Sub(w.lastCommit) >= w.c.CommitInterval {
 		return w.Commit(ctx, false)
 	}
 	return nil

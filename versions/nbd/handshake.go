@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/backy/backy/internal/clock"
 )
 
 var be = binary.BigEndian
@@ -98,7 +100,7 @@ func (c *conn) closeExport(reason error) error {
 // negotiation") until transmission starts (nil) or the connection must
 // end (an error; errAbort for NBD_OPT_ABORT).
 func (c *conn) handshake(ctx context.Context) error {
-	c.raw.SetDeadline(time.Now().Add(c.srv.o.HandshakeTimeout))
+	c.raw.SetDeadline(clock.Deadline(c.srv.o.HandshakeTimeout))
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -149,7 +151,7 @@ func (c *conn) handshake(ctx context.Context) error {
 	// handshake must still wake the reader.
 	c.raw.SetDeadline(time.Time{})
 	if ctx.Err() != nil {
-		c.raw.SetReadDeadline(time.Now())
+		c.raw.SetReadDeadline(clock.Deadline(0))
 	}
 	c.log.Info("nbd: export opened", "export", c.exportName, "size", c.size,
 		"read_only", c.readOnly, "structured", c.structured, "tls", c.tls)

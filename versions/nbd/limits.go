@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/backy/backy/internal/clock"
 )
 
 // Limits on connections, so that idle or hostile clients cannot lock
@@ -229,7 +231,7 @@ const maxWarnClients = 4096
 const overflowKey = "(other clients)"
 
 func newWarnLimiter(every time.Duration) *warnLimiter {
-	return &warnLimiter{every: every, now: time.Now, m: map[string]*warnState{}}
+	return &warnLimiter{every: every, now: clock.System.Now, m: map[string]*warnState{}}
 }
 
 // allow reports whether a warning about client key may be logged now and,

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/backy/backy/internal/clock"
 )
 
 // Options configures a Server. The zero value serves without TLS with
@@ -53,6 +55,10 @@ type Options struct {
 	// HandshakeTimeout drops a client that does not finish the handshake
 	// in time; 0 = 10s.
 	HandshakeTimeout time.Duration
+	// Clock times WarnInterval; clock.System when nil. The network
+	// deadlines (HandshakeTimeout, the drain) are on the real clock
+	// (clock.Deadline) whatever the Clock: the runtime measures them.
+	Clock clock.Clock
 }
 
 // Server serves Exports over the NBD protocol. It is safe for concurrent
@@ -116,8 +122,12 @@ func NewServer(exports Exports, o Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{exports: exports, o: o, log: log, track: newTracker(o), warns: newWarnLimiter(o.WarnInterval),
+	s := &Server{exports: exports, o: o, log: log, track: newTracker(o), warns: newWarnLimiter(o.WarnInterval),
 		drainTimeout: defaultDrainTimeout}
+	if o.Clock != nil {
+		s.warns.now = o.Clock.Now
+	}
+	return s
 }
 
 // Serve accepts connections on ln and serves them until ctx is cancelled
@@ -226,14 +236,14 @@ func (s *Server) serveConn(ctx context.Context, c *conn) {
 
 	// Server shutdown: wake the reader; pending replies still go out.
 	stop := context.AfterFunc(ctx, func() {
-		nc.SetReadDeadline(time.Now())
-		nc.SetWriteDeadline(time.Now().Add(s.drainTimeout))
+		nc.SetReadDeadline(clock.Deadline(0))
+		nc.SetWriteDeadline(clock.Deadline(s.drainTimeout))
 	})
 	defer stop()
 
 	reason := c.run(ctx)
-	nc.SetWriteDeadline(time.Now().Add(s.drainTimeout))
-	nc.SetReadDeadline(time.Now())
+	nc.SetWriteDeadline(clock.Deadline(s.drainTimeout))
+	nc.SetReadDeadline(clock.Deadline(0))
 	c.nc.Close() // for TLS this sends close_notify first
 	nc.Close()
 

@@ -6,7 +6,8 @@ import (
 	"io"
 	"net"
 	"sync"
-	"time"
+
+	"github.com/backy/backy/internal/clock"
 )
 
 // request is one transmission request (proto.md "Request message").
@@ -31,7 +32,7 @@ func (c *conn) transmit() error {
 	reason := c.readRequests(sem, &wg)
 	// "The server MUST handle all outstanding requests": wait for them,
 	// but not forever on a client that does not read its replies.
-	c.raw.SetWriteDeadline(time.Now().Add(c.srv.drainTimeout))
+	c.raw.SetWriteDeadline(clock.Deadline(c.srv.drainTimeout))
 	wg.Wait()
 	if err := c.writeErr(); err != nil && reason == nil {
 		reason = err

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/internal/block"
@@ -54,7 +53,7 @@ func (e *engine) pipeline(ctx context.Context, firstPage int64) error {
 		// counted.
 		Counted: e.tv.BlocksDone,
 		Workers: e.r.o.Workers, CommitInterval: e.r.o.CommitInterval,
-		Start: time.Now(), PrevDuration: e.tv.DurationSeconds,
+		Start: e.r.o.Clock.Now(), PrevDuration: e.tv.DurationSeconds, Clock: e.r.o.Clock,
 		BufSize: int(e.v.BlockSize),
 		Read: func(ctx context.Context, emit func(job) error) error {
 			return e.reader(ctx, firstPage, emit)

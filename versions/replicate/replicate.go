@@ -13,6 +13,7 @@ import (
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/blockmap"
 	"github.com/backy/backy/versions"
@@ -83,6 +84,8 @@ type Options struct {
 	// Progress, when set, is called from one goroutine at a time.
 	Progress func(Progress)
 	Logger   *slog.Logger
+	// Clock times the commits and the durations; clock.System when nil.
+	Clock clock.Clock
 }
 
 // Progress reports a running copy over all selected versions.
@@ -208,7 +211,8 @@ type run struct {
 // failing, a missing key, cancellation) stop it and are returned with the
 // Report so far.
 func Run(ctx context.Context, src Source, dst Target, o Options) (*Report, error) {
-	start := time.Now()
+	o.Clock = clock.Or(o.Clock)
+	start := o.Clock.Now()
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -328,7 +332,7 @@ func (r *run) finish(start time.Time) *Report {
 	slices.Sort(r.rep.InvalidVersions)
 	r.rep.InvalidVersions = slices.Compact(r.rep.InvalidVersions)
 	r.mu.Unlock()
-	r.rep.DurationSeconds = time.Since(start).Seconds()
+	r.rep.DurationSeconds = r.o.Clock.Since(start).Seconds()
 	return r.rep
 }
 
@@ -421,7 +425,7 @@ func entries(v *metastore.Version) int64 {
 // concern it alone are wrapped in versionError. The Result is nil when
 // the version could not even be looked at.
 func (r *run) version(ctx context.Context, uid string) (*Result, error) {
-	start := time.Now()
+	start := r.o.Clock.Now()
 	r.mu.Lock()
 	doneBefore := r.done
 	r.mu.Unlock()
@@ -436,7 +440,7 @@ func (r *run) version(ctx context.Context, uid string) (*Result, error) {
 	}
 	res := &Result{UID: uid, Volume: v.Volume, SourceStatus: v.Status, Blocks: entries(v)}
 	defer func() {
-		res.DurationSeconds = time.Since(start).Seconds()
+		res.DurationSeconds = r.o.Clock.Since(start).Seconds()
 		// Progress covers each version's size once, however it ended.
 		r.mu.Lock()
 		left := v.Size - (r.done - doneBefore)

@@ -18,12 +18,12 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backy/backy/blockstore"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions"
 	"github.com/backy/backy/versions/blockread"
@@ -68,6 +68,8 @@ type Options struct {
 	Workers  int
 	Progress func(Progress)
 	Logger   *slog.Logger
+	// Clock times the run; clock.System when nil.
+	Clock clock.Clock
 }
 
 // Progress reports a running restore.
@@ -125,7 +127,8 @@ func Run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 
 // run is Run after the key check.
 func run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Version, tgt Target, o Options) (*Result, error) {
-	start := time.Now()
+	o.Clock = clock.Or(o.Clock)
+	start := o.Clock.Now()
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -279,6 +282,6 @@ func run(ctx context.Context, st BlockStore, db *metastore.DB, v *metastore.Vers
 		log.Info("damaged blocks found and recorded", "blocks", n, "versions", damage.Versions())
 	}
 	res.InvalidVersions = damage.Versions()
-	res.DurationSeconds = time.Since(start).Seconds()
+	res.DurationSeconds = o.Clock.Since(start).Seconds()
 	return res, err
 }

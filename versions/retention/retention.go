@@ -77,14 +77,20 @@ import (
 	"sort"
 	"time"
 
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions"
 )
 
 // Options of Evaluate.
 type Options struct {
-	// Now is the reference time; required.
+	// Now is the reference time; when zero, Clock.Now(). A caller that
+	// removes what Evaluate decides passes the same Now to
+	// versions.Remove.
 	Now time.Time
+	// Clock gives the reference time when Now is zero; clock.System when
+	// nil.
+	Clock clock.Clock
 	// Location is the time zone of the calendar buckets; nil = UTC.
 	Location *time.Location
 	// MinAge keeps versions younger than it (0 = none).
@@ -115,6 +121,9 @@ func Evaluate(vs []*metastore.Version, rules Rules, o Options) []Decision {
 		loc = time.UTC
 	}
 	now := o.Now
+	if now.IsZero() {
+		now = clock.Or(o.Clock).Now()
+	}
 	out := make([]Decision, len(vs))
 	byVolume := map[string][]int{}
 	var volumes []string

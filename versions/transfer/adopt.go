@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"time"
@@ -52,7 +53,7 @@ func Adopt(ctx context.Context, dbPath string, be backend.Backend, fn func(*meta
 	for _, refs := range all {
 		gen = max(gen, refs[0].Gen)
 	}
-	tmp := dbPath + ".adopting-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	tmp := dbPath + ".adopting-" + strconv.FormatUint(rand.Uint64(), 36) // unique, not a time
 	// The store's creation time is the identity's.
 	db, err := metastore.Create(tmp, ident.BlockSize, sid, metastore.Options{Now: func() time.Time { return ident.Created }})
 	if err != nil {

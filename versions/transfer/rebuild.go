@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/keyring"
 	"github.com/backy/backy/internal/atomicfile"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/versions/catalog"
 	"github.com/backy/backy/versions/manifest"
@@ -47,8 +49,9 @@ type RebuildOptions struct {
 	// when nil.
 	Salvager Salvager
 	Logger   *slog.Logger
-	// Now stamps the name the old metastore is kept under.
-	Now func() time.Time
+	// Clock stamps the name the old metastore is kept under
+	// (.replaced-<UTC time>) and times the run; clock.System when nil.
+	Clock clock.Clock
 }
 
 // LostVersion is a version the old metastore has that the rebuild could
@@ -111,12 +114,10 @@ type RebuildResult struct {
 // missing from the backend are taken from the old metastore too, and
 // every registration the new metastore holds is written back to keys/.
 func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCatalog, o RebuildOptions) (*RebuildResult, error) {
-	start := time.Now()
+	o.Clock = clock.Or(o.Clock)
+	start := o.Clock.Now()
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Now == nil {
-		o.Now = time.Now
 	}
 	if o.Salvager == nil {
 		o.Salvager = InProcess{}
@@ -155,7 +156,7 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 		return nil, err
 	}
 
-	tmp := dbPath + ".rebuilding-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	tmp := dbPath + ".rebuilding-" + strconv.FormatUint(rand.Uint64(), 36) // unique, not a time
 	// The store's creation time is the identity's, not the rebuild's.
 	db, err := metastore.Create(tmp, ident.BlockSize, sid, metastore.Options{Now: func() time.Time { return ident.Created }})
 	if err != nil {
@@ -184,7 +185,7 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 	}
 	if err == nil && len(res.Lost) > 0 && !o.AcceptLoss {
 		cleanup()
-		res.DurationSeconds = time.Since(start).Seconds()
+		res.DurationSeconds = o.Clock.Since(start).Seconds()
 		return res, lossError(dbPath, res.Lost)
 	}
 	if err == nil {
@@ -207,7 +208,7 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 	_ = db.Close()
 	_ = os.RemoveAll(metastore.LockDir(tmp))
 	if _, err := os.Stat(dbPath); err == nil {
-		base := dbPath + ".replaced-" + o.Now().UTC().Format("20060102T150405Z")
+		base := dbPath + ".replaced-" + o.Clock.Now().UTC().Format("20060102T150405Z")
 		aside := base
 		for i := 2; ; i++ {
 			err := os.Link(dbPath, aside)
@@ -226,7 +227,7 @@ func Rebuild(ctx context.Context, dbPath string, be backend.Backend, open OpenCa
 		_ = os.Remove(tmp)
 		return nil, fmt.Errorf("putting the rebuilt metastore in place: %w", err)
 	}
-	res.DurationSeconds = time.Since(start).Seconds()
+	res.DurationSeconds = o.Clock.Since(start).Seconds()
 	return res, nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/backy/backy/blockstore/keyring"
 	"github.com/backy/backy/blockstore/object"
 	"github.com/backy/backy/internal/block"
+	"github.com/backy/backy/internal/clock"
 	"github.com/backy/backy/metastore"
 	"github.com/backy/backy/metastore/metastoretest"
 	"github.com/backy/backy/versions/backup"
@@ -829,7 +830,7 @@ func TestRebuild(t *testing.T) {
 			}
 			// With Force it is rebuilt, the old one kept aside.
 			stamp := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
-			res, err = rebuild(t, s, path, transfer.RebuildOptions{Force: true, Now: func() time.Time { return stamp }})
+			res, err = rebuild(t, s, path, transfer.RebuildOptions{Force: true, Clock: clock.NewFake(stamp)})
 			if err != nil {
 				t.Fatalf("Rebuild --force: %v", err)
 			}
@@ -841,7 +842,7 @@ func TestRebuild(t *testing.T) {
 			}
 			sameContent(t, checkAndClose(t, path), want, true)
 			// Again in the same second: kept under another name.
-			res, err = rebuild(t, s, path, transfer.RebuildOptions{Force: true, Now: func() time.Time { return stamp }})
+			res, err = rebuild(t, s, path, transfer.RebuildOptions{Force: true, Clock: clock.NewFake(stamp)})
 			if err != nil || res.KeptAside != path+".replaced-20310506T070809Z-2" {
 				t.Errorf("second Rebuild --force = %+v, %v", res, err)
 			}
@@ -884,7 +885,7 @@ func TestRebuild(t *testing.T) {
 				if err := os.WriteFile(path, bad, 0o600); err != nil {
 					t.Fatal(err)
 				}
-				res, err := rebuild(t, s, path, transfer.RebuildOptions{Now: func() time.Time { return stamp.Add(time.Hour) }})
+				res, err := rebuild(t, s, path, transfer.RebuildOptions{Clock: clock.NewFake(stamp.Add(time.Hour))})
 				if err != nil {
 					t.Errorf("%s: Rebuild of a damaged metastore: %v", d.name, err)
 					continue

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/clock"
 )
 
 // Run runs the conformance suite as subtests of t. newBackend must return
@@ -267,7 +268,8 @@ func testMissing(t *testing.T, b backend.Backend) {
 }
 
 func testStat(t *testing.T, b backend.Backend) {
-	before := time.Now()
+	// The real clock: the backend stamps ModTime with its own.
+	before := clock.System.Now()
 	for _, size := range []int{0, 1, 12345} {
 		name := fmt.Sprintf("s/%d", size)
 		put(t, b, name, payload(uint64(size), size))
@@ -282,7 +284,7 @@ func testStat(t *testing.T, b backend.Backend) {
 			t.Errorf("Stat(%q).Name = %q", name, info.Name)
 		}
 		// Generous bounds: a remote store's clock may differ from ours.
-		if info.ModTime.IsZero() || info.ModTime.Before(before.Add(-24*time.Hour)) || info.ModTime.After(time.Now().Add(24*time.Hour)) {
+		if info.ModTime.IsZero() || info.ModTime.Before(before.Add(-24*time.Hour)) || info.ModTime.After(clock.System.Now().Add(24*time.Hour)) {
 			t.Errorf("Stat(%q).ModTime = %v, want about %v", name, info.ModTime, before)
 		}
 	}
@@ -553,7 +555,7 @@ func testConcurrent(t *testing.T, b backend.Backend) {
 func testCancelled(t *testing.T, b backend.Backend) {
 	cancelled, cancel := context.WithCancel(t.Context())
 	cancel()
-	expired, cancel2 := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	expired, cancel2 := context.WithDeadline(t.Context(), clock.Deadline(-time.Second))
 	defer cancel2()
 
 	old := payload(1, 1000)

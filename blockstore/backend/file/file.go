@@ -16,6 +16,7 @@ import (
 
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/internal/atomicfile"
+	"github.com/backy/backy/internal/clock"
 )
 
 // chunkSize is how much Put writes and Get reads between two checks of ctx.
@@ -461,7 +462,8 @@ func CleanTemp(root string, olderThan time.Duration) (int, error) {
 }
 
 func cleanTemp(ctx context.Context, root string, olderThan time.Duration) (int, error) {
-	cutoff := time.Now().Add(-olderThan)
+	// The real clock, as the kernel's that stamped the files' mtimes.
+	cutoff := clock.System.Now().Add(-olderThan)
 	removed := 0
 	var first error
 	note := func(err error) {

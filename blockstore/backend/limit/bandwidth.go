@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/clock"
 )
 
 // Paced limits the bytes per second of the object bodies the backend it
@@ -27,8 +28,14 @@ var (
 // for its turn before it is made; a Get is paid for after its body came
 // (its size is unknown before), so the next request waits. Other calls
 // (Stat, List, Delete, batch deletes) carry no bodies and pass through.
-func Bandwidth(inner backend.Backend, read, write int64) *Paced {
-	return &Paced{inner: inner, read: newLimiter(read), write: newLimiter(write)}
+func Bandwidth(inner backend.Backend, read, write int64, clk clock.Clock) *Paced {
+	p := &Paced{inner: inner, read: newLimiter(read), write: newLimiter(write)}
+	for _, l := range []*limiter{p.read, p.write} {
+		if l != nil {
+			l.now = clock.Or(clk).Now
+		}
+	}
+	return p
 }
 
 // Unwrap returns the wrapped backend.
@@ -86,7 +93,7 @@ func newLimiter(bytesPerSecond int64) *limiter {
 	if bytesPerSecond <= 0 {
 		return nil
 	}
-	return &limiter{rate: float64(bytesPerSecond), now: time.Now}
+	return &limiter{rate: float64(bytesPerSecond), now: clock.System.Now}
 }
 
 // wait reserves n bytes and sleeps until they may go, or ctx ends (the

@@ -33,7 +33,7 @@ func TestConformance(t *testing.T) {
 		backendtest.Run(t, func(t *testing.T) backend.Backend { return limit.Concurrency(newFile(t), 1, 1) })
 	})
 	t.Run("bandwidth", func(t *testing.T) {
-		backendtest.Run(t, func(t *testing.T) backend.Backend { return limit.Bandwidth(newFile(t), 1<<30, 1<<30) })
+		backendtest.Run(t, func(t *testing.T) backend.Backend { return limit.Bandwidth(newFile(t), 1<<30, 1<<30, nil) })
 	})
 }
 
@@ -187,7 +187,7 @@ func TestBatchDeleteCounted(t *testing.T) {
 		t.Error("the wrapper of a backend without batches offers batches")
 	}
 	// The bandwidth limit has no say in batches: they are found below it.
-	if got, ok := backend.As[backend.BatchDeleter](limit.Bandwidth(b, 1, 1)); !ok || got != b {
+	if got, ok := backend.As[backend.BatchDeleter](limit.Bandwidth(b, 1, 1, nil)); !ok || got != b {
 		t.Errorf("As through the bandwidth limit = %T, %v", got, ok)
 	}
 }
@@ -196,7 +196,7 @@ func TestBatchDeleteCounted(t *testing.T) {
 // half a second after the first: a lower bound only, no upper bound on a
 // shared machine.
 func TestBandwidthPaces(t *testing.T) {
-	be := limit.Bandwidth(newFile(t), 4<<20, 4<<20)
+	be := limit.Bandwidth(newFile(t), 4<<20, 4<<20, nil)
 	ctx := t.Context()
 	data := make([]byte, 1<<20)
 	start := time.Now()

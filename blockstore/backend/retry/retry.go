@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/backy/backy/blockstore/backend"
+	"github.com/backy/backy/internal/clock"
 )
 
 // Options is a retry policy.
@@ -27,9 +28,12 @@ type Options struct {
 	// Logger gets a debug line for every request that failed; nil is
 	// slog.Default().
 	Logger *slog.Logger
-	// Now and Sleep are the clock: Now tells the time, Sleep waits d or
-	// until ctx ends (returning ctx.Err() then). Nil is the system clock;
-	// tests replace them to run a budget of minutes at once.
+	// Clock times the budget; nil is clock.System.
+	Clock clock.Clock
+	// Now and Sleep, when set, override: Now tells the time (instead of
+	// Clock), Sleep waits d or until ctx ends (returning ctx.Err() then;
+	// nil is a real-time timer). Tests replace them to run a budget of
+	// minutes at once.
 	Now   func() time.Time
 	Sleep func(ctx context.Context, d time.Duration) error
 }
@@ -58,7 +62,7 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.Default()
 	}
 	if o.Now == nil {
-		o.Now = time.Now
+		o.Now = clock.Or(o.Clock).Now
 	}
 	if o.Sleep == nil {
 		o.Sleep = sleep

@@ -27,6 +27,7 @@ import (
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/retry"
 	"github.com/backy/backy/blockstore/backend/stack"
+	"github.com/backy/backy/internal/clock"
 )
 
 // Options configure an S3 backend. Bucket is required; every other field
@@ -89,6 +90,9 @@ type Options struct {
 	// random time up to min(MaxBackoff, BaseBackoff*2^n). Defaults 100 ms
 	// and 10 s.
 	BaseBackoff, MaxBackoff time.Duration
+	// Clock times the retry budget and paces the bandwidth limits (the
+	// waits themselves are real-time timers); clock.System when nil.
+	Clock clock.Clock
 }
 
 // Backend is an S3 data backend: the bucket's client (one request per
@@ -165,6 +169,7 @@ func (b *bucket) stackOptions() stack.Options {
 		SimultaneousWrites: b.o.SimultaneousWrites,
 		BandwidthRead:      b.o.BandwidthRead,
 		BandwidthWrite:     b.o.BandwidthWrite,
+		Clock:              b.o.Clock,
 	}
 }
 

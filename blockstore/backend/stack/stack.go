@@ -4,6 +4,7 @@ import (
 	"github.com/backy/backy/blockstore/backend"
 	"github.com/backy/backy/blockstore/backend/limit"
 	"github.com/backy/backy/blockstore/backend/retry"
+	"github.com/backy/backy/internal/clock"
 )
 
 // Options say which wrappers go around a backend. The zero value adds none.
@@ -16,6 +17,10 @@ type Options struct {
 	// BandwidthRead and BandwidthWrite bound the bytes per second of
 	// object bodies (limit.Bandwidth); 0 is unlimited.
 	BandwidthRead, BandwidthWrite int64
+	// Clock times the retry budget and paces the bandwidth limits (the
+	// waits are real-time timers); clock.System when nil. It is given to
+	// Retry when that has none.
+	Clock clock.Clock
 }
 
 // Wrap puts the wrappers o asks for around be, in this order from the
@@ -29,10 +34,14 @@ type Options struct {
 // them again). Without any wrapper be itself is returned.
 func Wrap(be backend.Backend, o Options) backend.Backend {
 	if o.BandwidthRead > 0 || o.BandwidthWrite > 0 {
-		be = limit.Bandwidth(be, o.BandwidthRead, o.BandwidthWrite)
+		be = limit.Bandwidth(be, o.BandwidthRead, o.BandwidthWrite, o.Clock)
 	}
 	if o.Retry != nil {
-		be = retry.New(be, *o.Retry)
+		r := *o.Retry
+		if r.Clock == nil {
+			r.Clock = o.Clock
+		}
+		be = retry.New(be, r)
 	}
 	if o.SimultaneousReads > 0 || o.SimultaneousWrites > 0 {
 		be = limit.Concurrency(be, o.SimultaneousReads, o.SimultaneousWrites)

@@ -1,6 +1,9 @@
 package stack_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/backy/backy/blockstore/backend/limit"
 	"github.com/backy/backy/blockstore/backend/retry"
 	"github.com/backy/backy/blockstore/backend/stack"
+	"github.com/backy/backy/internal/clock"
 )
 
 func newFile(t *testing.T) *file.Backend {
@@ -78,5 +82,31 @@ func TestOrder(t *testing.T) {
 	}
 	if _, ok := backend.As[backend.BatchDeleter](be); ok {
 		t.Error("the stack offers batch deletes the file backend does not have")
+	}
+}
+
+// failing fails every Put with a transient error.
+type failing struct{ backend.Backend }
+
+func (f failing) Put(context.Context, string, []byte) error {
+	return fmt.Errorf("%w: try again", backend.ErrTransient)
+}
+
+// TestClockReachesRetry: Options.Clock times the retry budget (a fake
+// clock that the waits advance spends an hour's budget at once).
+func TestClockReachesRetry(t *testing.T) {
+	fake := clock.NewFake(time.Date(2031, 1, 2, 3, 4, 5, 0, time.UTC))
+	waits := 0
+	be := stack.Wrap(failing{newFile(t)}, stack.Options{Clock: fake, Retry: &retry.Options{For: time.Hour,
+		Sleep: func(ctx context.Context, d time.Duration) error {
+			if waits++; waits > 10000 {
+				t.Fatal("the retry budget is not timed by Options.Clock")
+			}
+			fake.Advance(max(d, time.Second))
+			return nil
+		}}})
+	err := be.Put(t.Context(), "x", []byte("y"))
+	if !errors.Is(err, backend.ErrTransient) {
+		t.Fatalf("Put = %v, want the transient error after the budget", err)
 	}
 }

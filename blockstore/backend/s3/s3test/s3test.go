@@ -30,6 +30,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	s3be "github.com/backy/backy/blockstore/backend/s3"
+	"github.com/backy/backy/internal/clock"
 )
 
 // Module and Version name the server that is built.
@@ -126,12 +127,12 @@ func install() (string, error) {
 	}
 	cmd := exec.Command(goBin, "install", Module+"@"+Version)
 	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "GOFLAGS=", "CGO_ENABLED=0")
-	start := time.Now()
+	start := clock.System.Now()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go install %s@%s: %w\n%s", Module, Version, err, out)
 	}
-	fmt.Fprintf(os.Stderr, "s3test: built %s@%s in %.0fs, cached in %s\n", Module, Version, time.Since(start).Seconds(), dir)
+	fmt.Fprintf(os.Stderr, "s3test: built %s@%s in %.0fs, cached in %s\n", Module, Version, clock.System.Since(start).Seconds(), dir)
 	if err := os.Rename(filepath.Join(tmp, "versitygw"), bin); err != nil {
 		return "", err
 	}
@@ -213,8 +214,9 @@ func (s *Server) start() error {
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	s.cmd, s.exited = cmd, exited
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	// A real server starting: the real clock.
+	deadline := clock.System.Now().Add(30 * time.Second)
+	for clock.System.Now().Before(deadline) {
 		select {
 		case <-exited:
 			return fmt.Errorf("the server exited at once: %s", strings.TrimSpace(s.logs.String()))
